@@ -1,0 +1,7 @@
+"""rmlab: train and audit Bradley-Terry reward models."""
+
+from rmlab.hardware import guard_cpu_bf16
+
+__version__ = "0.1.0"
+
+guard_cpu_bf16()  # before any torch kernel runs: some VMs advertise AMX and then fault on it

@@ -1,0 +1,52 @@
+"""Pooling: one vector per sequence from the backbone's hidden states.
+
+All poolings read positions from the attention mask, never from token ids, so they are correct
+under left padding, right padding, and when the pad token is also the eos token (SmolLM2, Llama).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of the last real token of each row, for any padding side."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.bool() * positions).argmax(dim=1)
+
+
+def first_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of the first real token of each row (0 under right padding)."""
+    return attention_mask.bool().int().argmax(dim=1)
+
+
+class LastTokenPooling(nn.Module):
+    """Hidden state of the last real token: what a causal decoder has read the whole sequence at.
+
+    The naive `hidden[:, -1]` scores a pad token under right padding; this reads the mask instead.
+    """
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden[rows, last_token_index(attention_mask)]
+
+
+class MeanPooling(nn.Module):
+    """Mean of the hidden states of the real tokens (padding excluded)."""
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+class ClsPooling(nn.Module):
+    """Hidden state of the first real token ([CLS] for BERT-style encoders).
+
+    A poor choice for causal decoders: their first token has seen nothing but itself, so every
+    sequence gets (nearly) the same reward. Use `last` or `mean` there.
+    """
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden[rows, first_token_index(attention_mask)]
