@@ -1,0 +1,440 @@
+"""Procedural preference pairs with known correctness and planted style artifacts.
+
+Each pair is a prompt, a correct answer (chosen) and a flawed one (rejected). Length, markdown
+and politeness are decided independently of correctness, except for the tunable spurious
+correlations (`length_bias`, `format_bias`, `polite_bias`). That makes this data both the offline
+default for training and a ground truth for bias diagnostics: we know which artifacts were planted
+and how strongly.
+
+    from rmlab.data.synthetic import generate_pairs
+    pairs = generate_pairs(1000, seed=0, length_bias=0.5)
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Sequence
+
+TASKS: tuple[str, ...] = ("arithmetic", "unit_conversion", "sorting", "counting", "facts")
+
+# Templates use "{a}" for the answer; it is filled in last so markdown can bold it.
+RESTATEMENTS = ("You asked: {prompt}", "To restate the question: {prompt}", "The question is: {prompt}")
+# Filler is shared by correct and flawed answers and holds no digits, so it reveals nothing.
+FILLERS = (
+    "Let me think about this carefully.", "Here is how to approach it.",
+    "This is a common kind of question.", "I went through it step by step.",
+    "It helps to look at each part of the question.", "I checked the details before answering.",
+    "The reasoning is short.", "That is the final answer.",
+    "Nothing else needs to be considered here.", "This follows directly from the question.",
+)
+HEADERS = ("## Answer", "## Solution", "## Result")
+POLITE_OPENERS = ("Great question!", "What a wonderful question!", "Happy to help!", "Thanks for asking!")
+POLITE_CLOSERS = (
+    "I hope this helps!", "Let me know if you have any other questions!", "Feel free to ask anything else!",
+)
+
+ARITHMETIC_PROMPTS = {
+    "+": ("What is {x} + {y}?", "What is {x} plus {y}?", "What is the sum of {x} and {y}?",
+          "Add {x} and {y}.", "Compute {x} + {y}."),
+    "-": ("What is {x} - {y}?", "What is {x} minus {y}?", "Compute {x} - {y}.", "Calculate {x} minus {y}."),
+    "*": ("What is {x} * {y}?", "What is {x} times {y}?", "What is the product of {x} and {y}?",
+          "Multiply {x} by {y}.", "Compute {x} * {y}."),
+}
+ARITHMETIC_SAY = ("{a}", "{a}.", "The answer is {a}.", "{x} {op} {y} = {a}")
+ARITHMETIC_EXPLAIN = (
+    "Working it out gives {x} {op} {y} = {a}.", "Doing the arithmetic carefully, the result is {a}.",
+    "So the result is {a}.",
+)
+
+CONVERSIONS = (  # (larger unit, smaller unit, how many smaller units make one larger)
+    ("kilometres", "metres", 1000), ("metres", "centimetres", 100), ("centimetres", "millimetres", 10),
+    ("kilograms", "grams", 1000), ("tonnes", "kilograms", 1000), ("litres", "millilitres", 1000),
+    ("hours", "minutes", 60), ("minutes", "seconds", 60), ("days", "hours", 24),
+    ("weeks", "days", 7), ("years", "months", 12), ("feet", "inches", 12),
+)
+WRONG_FACTORS = (7, 10, 12, 24, 60, 100, 1000)
+CONVERSION_PROMPTS = (
+    "How many {small} are in {v} {big}?", "Convert {v} {big} to {small}.", "What is {v} {big} in {small}?",
+    "Express {v} {big} in {small}.", "{v} {big} is how many {small}?",
+)
+CONVERSION_SAY = ("{a} {small}", "{a} {small}.", "{v} {big} is {a} {small}.", "That is {a} {small}.")
+CONVERSION_EXPLAIN = (
+    "Multiplying by the number of {small} in one of the {big} gives {a}.", "So {v} {big} equals {a} {small}.",
+)
+
+WORDS = (
+    "apple", "banana", "cherry", "grape", "lemon", "mango", "melon", "olive", "peach", "pear", "plum", "kiwi",
+    "tiger", "zebra", "horse", "rabbit", "eagle", "otter", "camel", "panda", "chair", "table", "lamp", "clock",
+    "mirror", "pencil", "basket", "candle", "window", "bottle", "river", "forest", "desert", "island", "valley",
+)
+SORT_PROMPTS = (  # (template, sorts numbers?, descending?)
+    ("Sort these numbers from smallest to largest: {items}.", True, False),
+    ("Put these numbers in ascending order: {items}.", True, False),
+    ("Sort these numbers from largest to smallest: {items}.", True, True),
+    ("Put these numbers in descending order: {items}.", True, True),
+    ("Put these words in alphabetical order: {items}.", False, False),
+    ("Sort these words alphabetically: {items}.", False, False),
+    ("Sort these words in reverse alphabetical order: {items}.", False, True),
+)
+SORT_SAY = ("{a}", "{a}.", "Sorted: {a}.", "The sorted list is {a}.")
+SORT_EXPLAIN = (
+    "Comparing the items one pair at a time gives {a}.", "Putting each item in its place, the order is {a}.",
+)
+
+COUNT_DETERMINERS = ("the", "my", "our", "that", "this", "your")
+COUNT_ADJECTIVES = ("old", "small", "happy", "quiet", "red", "tired", "clever", "brave", "lazy", "young")
+COUNT_NOUNS = ("dog", "cat", "teacher", "child", "farmer", "bird", "driver", "painter", "neighbour", "baker")
+COUNT_VERBS = ("chased", "found", "watched", "helped", "followed", "called", "visited", "greeted", "heard")
+COUNT_ENDINGS = ("", "", "in the garden", "near the river", "after lunch", "before the storm", "at the market")
+COUNT_SENTENCE_PROMPTS = (
+    'How many words are in the sentence "{s}"?', 'Count the words in this sentence: "{s}".',
+    'How many words does "{s}" contain?',
+)
+COUNT_LIST_PROMPTS = (
+    "How many items are in this list: {s}?", "Count the items in this list: {s}.",
+    "How many things are listed here: {s}?",
+)
+COUNT_SAY = ("{a}", "{a}.", "There are {a} {unit}.", "I count {a} {unit}.")
+COUNT_EXPLAIN = (
+    "Counting them one by one gives {a}.", "Going through the {unit} one at a time, the total is {a}.",
+)
+
+class FactTable(NamedTuple):
+    """A table of facts: question templates over key "{k}", a full-sentence answer, the facts."""
+
+    questions: tuple[str, ...]
+    answer: str
+    facts: dict[str, str]
+
+
+FACT_TABLES = {
+    "capital": FactTable(
+        ("What is the capital of {k}?", "Which city is the capital of {k}?", "Name the capital city of {k}.",
+         "What city is the capital of {k}?"),
+        "The capital of {k} is {a}.",
+        {"France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Portugal": "Lisbon",
+         "Japan": "Tokyo", "China": "Beijing", "India": "New Delhi", "Russia": "Moscow", "Canada": "Ottawa",
+         "Australia": "Canberra", "Brazil": "Brasilia", "Argentina": "Buenos Aires", "Mexico": "Mexico City",
+         "Egypt": "Cairo", "Kenya": "Nairobi", "Greece": "Athens", "Norway": "Oslo", "Sweden": "Stockholm",
+         "Finland": "Helsinki", "Denmark": "Copenhagen", "Poland": "Warsaw", "Ireland": "Dublin",
+         "the Netherlands": "Amsterdam", "Belgium": "Brussels", "Austria": "Vienna", "Switzerland": "Bern",
+         "Hungary": "Budapest", "Turkey": "Ankara", "Thailand": "Bangkok", "South Korea": "Seoul", "Peru": "Lima",
+         "Chile": "Santiago", "Cuba": "Havana", "Iceland": "Reykjavik", "Vietnam": "Hanoi", "Indonesia": "Jakarta",
+         "Nigeria": "Abuja", "the United Kingdom": "London"}),
+    "opposite": FactTable(
+        ("What is the opposite of {k}?", 'What is the antonym of "{k}"?',
+         "Name a word that means the opposite of {k}."),
+        'The opposite of "{k}" is "{a}".',
+        {"hot": "cold", "big": "small", "fast": "slow", "happy": "sad", "tall": "short", "hard": "soft",
+         "wet": "dry", "early": "late", "full": "empty", "rich": "poor", "strong": "weak", "loud": "quiet",
+         "open": "closed", "clean": "dirty", "thick": "thin", "high": "low", "wide": "narrow", "deep": "shallow",
+         "sharp": "blunt", "cheap": "expensive", "easy": "difficult", "safe": "dangerous", "bright": "dim",
+         "heavy": "light", "smooth": "rough", "tight": "loose", "polite": "rude", "asleep": "awake",
+         "alive": "dead", "first": "last", "good": "bad", "young": "old", "true": "false"}),
+    "sound": FactTable(
+        ("What sound does a {k} make?", "What noise does a {k} make?", "How does a {k} sound?"),
+        "A {k} {a}.",
+        {"dog": "barks", "cat": "meows", "cow": "moos", "sheep": "bleats", "horse": "neighs", "duck": "quacks",
+         "pig": "oinks", "lion": "roars", "snake": "hisses", "owl": "hoots", "bee": "buzzes", "frog": "croaks",
+         "wolf": "howls", "donkey": "brays", "mouse": "squeaks", "goose": "honks", "turkey": "gobbles",
+         "dove": "coos", "crow": "caws"}),
+    "colour": FactTable(
+        ("What colour is {k}?", "What is the usual colour of {k}?", "Which colour is {k}?"),
+        "The colour of {k} is {a}.",
+        {"grass": "green", "snow": "white", "a ripe banana": "yellow", "a ripe tomato": "red", "coal": "black",
+         "milk chocolate": "brown", "a carrot": "orange", "a lemon": "yellow", "milk": "white",
+         "the clear daytime sky": "blue", "a strawberry": "red", "a lime": "green", "an eggplant": "purple",
+         "a flamingo": "pink", "a polar bear": "white", "a crow": "black", "a pumpkin": "orange",
+         "an emerald": "green", "a sapphire": "blue", "lavender": "purple", "a fire truck": "red"}),
+    "symbol": FactTable(
+        ("What is the chemical symbol for {k}?", "Which symbol stands for {k} on the periodic table?",
+         "Give the chemical symbol of {k}."),
+        "The chemical symbol for {k} is {a}.",
+        {"hydrogen": "H", "helium": "He", "carbon": "C", "nitrogen": "N", "oxygen": "O", "sodium": "Na",
+         "magnesium": "Mg", "aluminium": "Al", "silicon": "Si", "sulfur": "S", "chlorine": "Cl", "potassium": "K",
+         "calcium": "Ca", "iron": "Fe", "copper": "Cu", "zinc": "Zn", "silver": "Ag", "gold": "Au", "tin": "Sn",
+         "lead": "Pb", "mercury": "Hg", "neon": "Ne", "argon": "Ar", "iodine": "I", "nickel": "Ni",
+         "platinum": "Pt"}),
+    "legs": FactTable(
+        ("How many legs does {k} have?", "Count the legs of {k}.", "What is the number of legs of {k}?"),
+        "{k} has {a} legs.",
+        {"a spider": "8", "an ant": "6", "a bee": "6", "a beetle": "6", "a butterfly": "6", "a dog": "4",
+         "a cat": "4", "a horse": "4", "a cow": "4", "an elephant": "4", "a lion": "4", "a frog": "4",
+         "a chicken": "2", "a duck": "2", "an ostrich": "2", "a penguin": "2", "a parrot": "2", "a snake": "0",
+         "a crab": "10", "a scorpion": "8"}),
+    "plural": FactTable(
+        ("What is the plural of {k}?", 'What is the plural form of the word "{k}"?', "Give the plural of {k}."),
+        'The plural of "{k}" is "{a}".',
+        {"child": "children", "mouse": "mice", "goose": "geese", "foot": "feet", "tooth": "teeth", "man": "men",
+         "woman": "women", "person": "people", "ox": "oxen", "sheep": "sheep", "deer": "deer", "cactus": "cacti",
+         "leaf": "leaves", "knife": "knives", "wolf": "wolves", "half": "halves", "box": "boxes", "bus": "buses",
+         "city": "cities", "baby": "babies", "potato": "potatoes", "hero": "heroes", "church": "churches",
+         "party": "parties", "loaf": "loaves", "crisis": "crises", "phenomenon": "phenomena"}),
+}
+FACT_EXPLAIN = ("So the answer is {a}.", "This is a well-known fact: the answer is {a}.")
+
+
+class _Draft(NamedTuple):
+    """A pair before styling: answers plus sentence templates whose "{a}" takes the answer."""
+
+    task: str
+    prompt: str
+    flaw: str
+    good: str
+    bad: str
+    say: tuple[str, ...]  # terse answers
+    explain: tuple[str, ...]  # extra sentences for the longer side
+
+
+def _fill(templates: Sequence[str], **fields) -> tuple[str, ...]:
+    """Fill every field of the templates except the answer slot "{a}"."""
+    return tuple(t.format(a="{a}", **fields) for t in templates)
+
+
+def _arithmetic(rng: random.Random) -> _Draft:
+    op = rng.choice("+-*")
+    if op == "*":
+        x, y = rng.randint(2, 20), rng.randint(2, 12)
+    else:
+        x = rng.randint(10, 99)
+        y = rng.randint(2, 99 if op == "+" else x - 1)
+    # x != 2y keeps x - y from repeating an operand, so a restated question never holds the answer.
+    while op == "-" and x == 2 * y:
+        y = rng.randint(2, x - 1)
+    result = {"+": x + y, "-": x - y, "*": x * y}[op]
+    if rng.random() < 0.5:
+        flaw, wrong = "off_by_one", result + rng.choice((-1, 1))
+    else:
+        flaw, wrong = "wrong_number", rng.choice((result * 10, result + 10, result + rng.randint(3, 9)))
+    fields = dict(x=x, y=y, op=op)
+    prompt = rng.choice(ARITHMETIC_PROMPTS[op]).format(**fields)
+    return _Draft("arithmetic", prompt, flaw, str(result), str(wrong),
+                  _fill(ARITHMETIC_SAY, **fields), _fill(ARITHMETIC_EXPLAIN, **fields))
+
+
+def _unit_conversion(rng: random.Random) -> _Draft:
+    big, small, factor = rng.choice(CONVERSIONS)
+    value = rng.randint(2, 250)
+    wrong_factor = rng.choice([f for f in WRONG_FACTORS + (factor * 10,) if f != factor])
+    fields = dict(v=value, big=big, small=small)
+    prompt = rng.choice(CONVERSION_PROMPTS).format(**fields)
+    good, bad = str(value * factor), str(value * wrong_factor)
+    return _Draft("unit_conversion", prompt, "wrong_factor", good, bad,
+                  _fill(CONVERSION_SAY, **fields), _fill(CONVERSION_EXPLAIN, **fields))
+
+
+def _sorting(rng: random.Random) -> _Draft:
+    template, numeric, descending = rng.choice(SORT_PROMPTS)
+    size = rng.randint(4, 7)
+    items = rng.sample(range(1, 100), size) if numeric else rng.sample(WORDS, size)
+    ordered = sorted(items, reverse=descending)
+    # An already sorted prompt would make the restated question contain the answer.
+    while items == ordered or items == ordered[::-1]:
+        rng.shuffle(items)
+    if rng.random() < 0.5:
+        flaw, wrong = "wrong_order", list(ordered)
+        i = rng.randrange(size - 1)
+        wrong[i], wrong[i + 1] = wrong[i + 1], wrong[i]
+    else:
+        flaw, wrong = "missing_element", list(ordered)
+        del wrong[rng.randrange(size)]
+    prompt = template.format(items=", ".join(map(str, items)))
+    return _Draft("sorting", prompt, flaw, ", ".join(map(str, ordered)), ", ".join(map(str, wrong)),
+                  SORT_SAY, SORT_EXPLAIN)
+
+
+def _noun_phrase(rng: random.Random) -> list[str]:
+    adjective = [rng.choice(COUNT_ADJECTIVES)] if rng.random() < 0.5 else []
+    return [rng.choice(COUNT_DETERMINERS), *adjective, rng.choice(COUNT_NOUNS)]
+
+
+def _counting(rng: random.Random) -> _Draft:
+    if rng.random() < 0.5:
+        unit, templates = "words", COUNT_SENTENCE_PROMPTS
+        words = _noun_phrase(rng) + [rng.choice(COUNT_VERBS)] + _noun_phrase(rng)
+        words += rng.choice(COUNT_ENDINGS).split()
+        text = " ".join(words)
+    else:
+        unit, templates = "items", COUNT_LIST_PROMPTS
+        words = rng.sample(WORDS, rng.randint(3, 9))
+        text = ", ".join(words)
+    count = len(words)
+    if rng.random() < 0.5:
+        flaw, wrong = "off_by_one", count + rng.choice((-1, 1))
+    else:
+        flaw, wrong = "wrong_count", count + rng.choice((-1, 1)) * rng.randint(2, 4)
+        wrong = wrong if wrong > 0 else count + 2
+    prompt = rng.choice(templates).format(s=text)
+    return _Draft("counting", prompt, flaw, str(count), str(wrong),
+                  _fill(COUNT_SAY, unit=unit), _fill(COUNT_EXPLAIN, unit=unit))
+
+
+def _facts(rng: random.Random) -> _Draft:
+    table = FACT_TABLES[rng.choice(list(FACT_TABLES))]
+    key, value = rng.choice(list(table.facts.items()))
+    if rng.random() < 0.5:
+        flaw, pool = "wrong_fact", [v for v in table.facts.values() if v != value]
+    else:
+        # An answer from another table: clearly mismatched, so a small encoder can learn it.
+        flaw = "off_topic"
+        pool = [v for t in FACT_TABLES.values() if t is not table for v in t.facts.values() if v != value]
+    answer = table.answer.format(k=key, a="{a}")
+    answer = answer[0].upper() + answer[1:]
+    prompt = rng.choice(table.questions).format(k=key)
+    say = ("{a}", "{a}.", answer)
+    return _Draft("facts", prompt, flaw, value, rng.choice(pool), say, (answer,) + FACT_EXPLAIN)
+
+
+TASK_BUILDERS: dict[str, Callable[[random.Random], _Draft]] = {
+    "arithmetic": _arithmetic, "unit_conversion": _unit_conversion, "sorting": _sorting,
+    "counting": _counting, "facts": _facts,
+}
+
+
+@dataclass
+class _Response:
+    """One side of a pair while it is being written."""
+
+    answer: str
+    sentences: list[str]
+    markdown: str = ""  # "", "bold", "bullets" or "header"
+    header: str = ""
+    opener: str = ""
+    closer: str = ""
+
+    def render(self) -> str:
+        answer = f"**{self.answer}**" if self.markdown == "bold" else self.answer
+        lines = [s.replace("{a}", answer) for s in self.sentences]
+        if self.markdown != "bullets" and (len(lines) > 1 or self.closer):
+            # A terse answer such as "42" needs a full stop before the next sentence.
+            lines = [line if line[-1] in ".!?" else line + "." for line in lines]
+        if self.markdown == "bullets":
+            body = "\n".join("- " + line for line in lines)
+        else:
+            body = " ".join(lines)
+        if self.markdown == "header":
+            body = f"{self.header}\n\n{body}"
+        separator = "\n\n" if self.markdown in ("bullets", "header") else " "
+        return separator.join(part for part in (self.opener, body, self.closer) if part)
+
+
+def _decoration_flags(rng: random.Random, rate: float, bias: float) -> tuple[bool, bool]:
+    """Decorate each side with P=rate; if only one side is, it is the chosen one with P=bias."""
+    chosen, rejected = rng.random() < rate, rng.random() < rate
+    if chosen != rejected:
+        chosen = rng.random() < bias
+        rejected = not chosen
+    return chosen, rejected
+
+
+def _decorate(rng: random.Random, response: _Response, formatted: bool, polite: bool) -> None:
+    if formatted:
+        response.markdown = rng.choice(("bold", "bullets", "header"))
+        response.header = rng.choice(HEADERS)
+    if polite:
+        where = rng.choice(("opener", "closer", "both"))
+        response.opener = rng.choice(POLITE_OPENERS) if where != "closer" else ""
+        response.closer = rng.choice(POLITE_CLOSERS) if where != "opener" else ""
+
+
+def _lengthen(rng: random.Random, draft: _Draft, response: _Response, verbosity: float, beat: int) -> None:
+    """Add a restatement, explanations or filler, then filler until the text is longer than `beat`.
+
+    Both answers draw from the same pools, so what is added says nothing about correctness.
+    """
+    explanations = [s for s in rng.sample(draft.explain, len(draft.explain)) if s not in response.sentences]
+    fillers = rng.sample(FILLERS, len(FILLERS))  # drawn without repeats while they last
+    restated = False
+    for _ in range(round(verbosity * rng.uniform(1, 3))):
+        kind = rng.choice(("restate", "explain", "filler"))
+        if kind == "restate" and not restated:
+            response.sentences.insert(0, rng.choice(RESTATEMENTS).format(prompt=draft.prompt))
+            restated = True
+        elif kind == "explain" and explanations:
+            response.sentences.append(explanations.pop())
+        else:
+            response.sentences.append(fillers.pop() if fillers else rng.choice(FILLERS))
+    # Decorations and answers differ in length, so pad until this side really is the longer one.
+    while len(response.render()) <= beat:
+        response.sentences.append(fillers.pop() if fillers else rng.choice(FILLERS))
+
+
+def _style_pair(rng: random.Random, draft: _Draft, length_bias: float, verbosity: float,
+                format_rate: float, format_bias: float, polite_rate: float, polite_bias: float) -> dict:
+    chosen = _Response(draft.good, [rng.choice(draft.say)])
+    rejected = _Response(draft.bad, [rng.choice(draft.say)])
+    chosen_formatted, rejected_formatted = _decoration_flags(rng, format_rate, format_bias)
+    chosen_polite, rejected_polite = _decoration_flags(rng, polite_rate, polite_bias)
+    _decorate(rng, chosen, chosen_formatted, chosen_polite)
+    _decorate(rng, rejected, rejected_formatted, rejected_polite)
+    longer, shorter = (chosen, rejected) if rng.random() < length_bias else (rejected, chosen)
+    _lengthen(rng, draft, longer, verbosity, beat=len(shorter.render()))
+    chosen_text, rejected_text = chosen.render(), rejected.render()
+    return {
+        "prompt": draft.prompt, "chosen": chosen_text, "rejected": rejected_text,
+        "task": draft.task, "flaw": draft.flaw,
+        "chosen_longer": len(chosen_text) > len(rejected_text),
+        "chosen_formatted": chosen_formatted, "rejected_formatted": rejected_formatted,
+        "chosen_polite": chosen_polite, "rejected_polite": rejected_polite,
+        "chosen_chars": len(chosen_text), "rejected_chars": len(rejected_text),
+    }
+
+
+def _check_args(
+    n: int, verbosity: float, probabilities: dict[str, float], tasks: Sequence[str] | None
+) -> tuple[str, ...]:
+    """Raise ValueError naming the first bad argument; return the task names to draw from."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be an integer >= 0, got {n!r}")
+    if not verbosity >= 0:  # also rejects NaN
+        raise ValueError(f"verbosity must be >= 0, got {verbosity!r}")
+    for name, p in probabilities.items():
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
+    if tasks is None:
+        return TASKS
+    # A bare string is a Sequence too; iterating its letters would give a confusing error.
+    if isinstance(tasks, str) or not tasks or any(t not in TASKS for t in tasks):
+        raise ValueError(f"tasks must be a non-empty list of names from {list(TASKS)}, got {tasks!r}")
+    return tuple(dict.fromkeys(tasks))
+
+
+def generate_pairs(
+    n: int,
+    seed: int = 0,
+    length_bias: float = 0.8,
+    verbosity: float = 1.0,
+    format_rate: float = 0.3,
+    format_bias: float = 0.5,
+    polite_rate: float = 0.3,
+    polite_bias: float = 0.5,
+    tasks: Sequence[str] | None = None,
+    prompt_filter: Callable[[str], bool] | None = None,
+) -> list[dict]:
+    """Generate `n` preference pairs (chosen correct, rejected flawed) with planted style artifacts.
+
+    length_bias is P(chosen is the longer text); verbosity scales the padding of the longer side.
+    format_rate / polite_rate decorate each side independently; when exactly one side is decorated
+    it is the chosen one with P=format_bias / polite_bias (0.5 plants no artifact).
+    tasks restricts the task families (default: all of TASKS); prompt_filter keeps only pairs whose
+    prompt it accepts, e.g. to split train/val/test by prompt. Same arguments, same pairs.
+    """
+    names = _check_args(n, verbosity, {
+        "length_bias": length_bias, "format_rate": format_rate, "format_bias": format_bias,
+        "polite_rate": polite_rate, "polite_bias": polite_bias,
+    }, tasks)
+    rng = random.Random(seed)
+    pairs: list[dict] = []
+    max_draws = 1000 * n
+    draws = 0
+    while len(pairs) < n:
+        if draws >= max_draws:
+            raise ValueError(f"prompt_filter accepted only {len(pairs)} of {n} pairs in {max_draws} draws; "
+                             f"it rejects nearly every prompt of tasks {list(names)}")
+        draws += 1
+        draft = TASK_BUILDERS[rng.choice(names)](rng)
+        if prompt_filter is None or prompt_filter(draft.prompt):
+            pairs.append(_style_pair(rng, draft, length_bias, verbosity,
+                                     format_rate, format_bias, polite_rate, polite_bias))
+    return pairs
