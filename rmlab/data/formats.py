@@ -1,0 +1,100 @@
+"""Preference-pair formats: raw rows -> one normalised pair (prompt messages, chosen text, rejected text).
+
+Supported row formats:
+- `prompt_response`: `prompt`, `chosen`, `rejected` strings.
+- `hh`: HH-RLHF transcripts in `chosen` and `rejected` ("\\n\\nHuman: ...\\n\\nAssistant: ..."), which
+  share every turn but the last assistant reply.
+- `chat`: `chosen` and `rejected` as lists of {role, content} messages ending in the assistant
+  reply; the prompt is their shared prefix, or an optional `prompt` column (string or messages).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+FORMATS = ("prompt_response", "hh", "chat")
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+class PairFormatError(ValueError):
+    """A row that cannot be read as a preference pair."""
+
+
+def detect_format(row: dict[str, Any], columns: dict[str, str]) -> str:
+    """Guess the format from the first row."""
+    chosen, prompt = row.get(columns["chosen"]), row.get(columns["prompt"])
+    if isinstance(chosen, list):
+        return "chat"
+    if isinstance(chosen, str) and prompt is None and "\n\nAssistant:" in chosen:
+        return "hh"
+    if isinstance(chosen, str) and prompt is not None:
+        return "prompt_response"
+    raise PairFormatError(
+        f"cannot detect the pair format from columns {sorted(row)}; expected {columns['prompt']!r}/"
+        f"{columns['chosen']!r}/{columns['rejected']!r} strings, HH transcripts in "
+        f"{columns['chosen']!r}/{columns['rejected']!r}, or chat-message lists. Set data.columns.* "
+        f"or data.format to one of {FORMATS}."
+    )
+
+
+def _split_hh(transcript: str) -> tuple[list[dict[str, str]], str]:
+    parts = _HH_TURN.split(transcript)
+    # parts = [preamble, role, text, role, text, ...]
+    if len(parts) < 3 or parts[-2] != "Assistant":
+        raise PairFormatError("transcript does not end with an '\\n\\nAssistant:' turn")
+    messages = [{"role": _HH_ROLES[role], "content": text.strip()} for role, text in zip(parts[1::2], parts[2::2])]
+    if parts[0].strip():
+        messages.insert(0, {"role": "system", "content": parts[0].strip()})
+    return messages[:-1], messages[-1]["content"]
+
+
+def _as_messages(value: Any, what: str) -> list[dict[str, str]]:
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    raise PairFormatError(f"{what} must be a string or a list of {{role, content}} messages, got {type(value).__name__}")
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise PairFormatError(f"{what} must be a string, got {type(value).__name__}")
+    return value
+
+
+def to_pair(row: dict[str, Any], fmt: str, columns: dict[str, str]) -> dict[str, Any]:
+    """Normalise one row to {prompt: [messages], chosen: str, rejected: str}."""
+    chosen, rejected = row.get(columns["chosen"]), row.get(columns["rejected"])
+    if chosen is None or rejected is None:
+        raise PairFormatError(f"missing {columns['chosen']!r} or {columns['rejected']!r}")
+    if fmt == "prompt_response":
+        prompt = _as_messages(row.get(columns["prompt"]), f"column {columns['prompt']!r}")
+        return {"prompt": prompt, "chosen": _text(chosen, "chosen"), "rejected": _text(rejected, "rejected")}
+    if fmt == "hh":
+        prompt, chosen_reply = _split_hh(_text(chosen, "chosen"))
+        prompt_rejected, rejected_reply = _split_hh(_text(rejected, "rejected"))
+        if prompt != prompt_rejected:
+            raise PairFormatError("chosen and rejected transcripts differ before their last assistant reply")
+        return {"prompt": prompt, "chosen": chosen_reply, "rejected": rejected_reply}
+    if fmt == "chat":
+        chosen_msgs = _as_messages(chosen, "chosen")
+        rejected_msgs = _as_messages(rejected, "rejected")
+        for msgs, side in ((chosen_msgs, "chosen"), (rejected_msgs, "rejected")):
+            if msgs[-1]["role"] != "assistant":
+                raise PairFormatError(f"{side} does not end with an assistant message")
+        if row.get(columns["prompt"]) is not None:
+            prompt = _as_messages(row[columns["prompt"]], f"column {columns['prompt']!r}")
+        elif chosen_msgs[:-1] == rejected_msgs[:-1]:
+            prompt = chosen_msgs[:-1]
+        else:
+            raise PairFormatError("chosen and rejected conversations differ before their last message")
+        return {"prompt": prompt, "chosen": chosen_msgs[-1]["content"], "rejected": rejected_msgs[-1]["content"]}
+    raise PairFormatError(f"unknown data.format {fmt!r}; choose one of {FORMATS} or 'auto'")
+
+
+def prompt_key(prompt: list[dict[str, str]]) -> str:
+    """A stable string identifying a prompt, for splitting by prompt."""
+    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)

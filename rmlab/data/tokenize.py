@@ -1,0 +1,96 @@
+"""Turn a normalised pair into token ids, with the over-long policy applied and counted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+OVERLONG_POLICIES = ("truncate", "drop")
+_PLAIN_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
+
+
+def use_chat_template(tokenizer: PreTrainedTokenizerBase, chat_template: str | bool) -> bool:
+    """`auto`: render with the tokenizer's chat template when it has one."""
+    if chat_template == "auto":
+        return tokenizer.chat_template is not None
+    if chat_template and tokenizer.chat_template is None:
+        raise ValueError("data.chat_template=true but the tokenizer has no chat template")
+    return bool(chat_template)
+
+
+def render(prompt: list[dict[str, str]], response: str, tokenizer, chat_template: bool) -> tuple[str, str]:
+    """Prompt text and response text; their concatenation is what the model reads."""
+    if chat_template:
+        prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}], tokenize=False)
+        if not full.startswith(prompt_text):
+            raise ValueError("the chat template renders the prompt differently with and without a reply")
+        return prompt_text, full[len(prompt_text):]
+    if len(prompt) == 1 and prompt[0]["role"] == "user":
+        return prompt[0]["content"], response
+    turns = [f"{_PLAIN_ROLES.get(m['role'], m['role'])}: {m['content']}" for m in prompt]
+    return "\n\n".join(turns) + "\n\nAssistant:", response
+
+
+def special_token_frame(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int], list[int]]:
+    """The special tokens a tokenizer puts before, between and after a text pair.
+
+    BERT: ([CLS], [SEP], [SEP]); GPT-2: ([], [], []). Read off one encoded pair, because
+    transformers no longer exposes `build_inputs_with_special_tokens` on every tokenizer.
+    """
+    first, second = (tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("first", "second"))
+    full = tokenizer("first", "second")["input_ids"]
+    for i in range(len(full) - len(first) + 1):
+        if full[i:i + len(first)] == first:
+            rest = full[i + len(first):]
+            for j in range(len(rest) - len(second) + 1):
+                if rest[j:j + len(second)] == second:
+                    return full[:i], rest[:j], rest[j + len(second):]
+    raise ValueError(f"cannot locate the text pair inside {type(tokenizer).__name__}'s special-token template")
+
+
+def tokenize_pair(
+    pair: dict[str, Any],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    overlong: str = "truncate",
+    chat_template: bool = False,
+    frame: tuple[list[int], list[int], list[int]] = ([], [], []),
+) -> dict[str, Any]:
+    """Token ids of `prompt + chosen` and `prompt + rejected`, both within max_length.
+
+    Over-long pairs: `truncate` keeps both responses whole and cuts the prompt from the left
+    (the same prompt tokens for both sides); a response that alone exceeds the budget is cut at
+    its end. `drop` marks the pair `keep=False`. Every case is flagged so the caller can count it.
+    """
+    if overlong not in OVERLONG_POLICIES:
+        raise ValueError(f"data.overlong={overlong!r}; choose one of {OVERLONG_POLICIES}")
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompt_text, chosen_text = render(pair["prompt"], pair["chosen"], tokenizer, chat_template)
+    _, rejected_text = render(pair["prompt"], pair["rejected"], tokenizer, chat_template)
+    prompt_ids, chosen_ids, rejected_ids = encode(prompt_text), encode(chosen_text), encode(rejected_text)
+    # Chat templates carry their own special tokens; plain text gets the model's `frame`
+    # ([CLS] prompt [SEP] response [SEP] for BERT), from special_token_frame.
+    before, between, after = frame
+    budget = max_length - len(before) - len(between) - len(after)
+    longest = max(len(chosen_ids), len(rejected_ids))
+    fits = len(prompt_ids) + longest <= budget
+    prompt_truncated = response_truncated = False
+    if not fits and overlong == "truncate":
+        keep_prompt = max(budget - longest, 0)
+        prompt_truncated = keep_prompt < len(prompt_ids)
+        prompt_ids = prompt_ids[len(prompt_ids) - keep_prompt:]
+        if longest > budget:
+            response_truncated = True
+            chosen_ids, rejected_ids = chosen_ids[:budget], rejected_ids[:budget]
+
+    return {
+        "chosen_input_ids": before + prompt_ids + between + chosen_ids + after,
+        "rejected_input_ids": before + prompt_ids + between + rejected_ids + after,
+        "chosen_response_tokens": len(chosen_ids),
+        "rejected_response_tokens": len(rejected_ids),
+        "prompt_truncated": prompt_truncated,
+        "response_truncated": response_truncated,
+        "keep": fits or overlong == "truncate",
+    }
