@@ -1,0 +1,104 @@
+"""Train a reward model: `python -m rmlab.train [overrides]` (see conf/train.yaml)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from rmlab.config import CONFIG_DIR
+from rmlab.hardware import cpu_bf16_speedup
+
+log = logging.getLogger(__name__)
+
+
+def best_precision(accelerator: str) -> str:
+    """`precision: auto`: bf16 autocast on GPUs that have it (fp16 on older ones); on CPU, bf16
+    autocast only where this CPU's bf16 matmul beats fp32 (measured once, cached)."""
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_bf16_speedup() > 1.2 else "32-true"
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Refuse Hydra multirun + ddp: Lightning's re-launched children would each re-run the sweep."""
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    if HydraConfig.get().mode == RunMode.MULTIRUN and strategy.startswith("ddp") and "spawn" not in strategy:
+        raise ValueError(
+            f"trainer.strategy={strategy} cannot run inside a Hydra multirun (-m): each DDP child would re-run "
+            "the whole sweep. Use trainer.strategy=ddp_spawn for sweeps on one node, or one job per trial."
+        )
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit, test the best checkpoint, write summary.json into the run dir; return the summary."""
+    start = time.time()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    if cfg.trainer.precision == "auto":
+        cfg.trainer.precision = best_precision(str(cfg.trainer.accelerator))
+        log.info("precision: auto -> %s", cfg.trainer.precision)
+
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    model.run_config = resolved  # stored in every checkpoint (see RewardModel.on_save_checkpoint)
+    try:
+        datamodule.setup("fit")
+        data_stats = {f"data/{split}/{k}": v for split, s in datamodule.stats.items() for k, v in s.items()}
+        if trainer.is_global_zero:
+            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+            log.info("data: %s", data_stats)
+        if logger:
+            logger.log_hyperparams(resolved)
+            logger.log_metrics({k: float(v) for k, v in data_stats.items()}, step=0)
+
+        trainer.fit(model, datamodule=datamodule)
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+        summary = {
+            "val/acc": float(checkpoint.best_model_score) if best else float(trainer.callback_metrics.get("val/acc", float("nan"))),
+            "train/steps": trainer.global_step,
+            "train/pairs_seen": model.pairs_seen,
+        }
+        if cfg.test_after_fit:
+            trainer.test(model, datamodule=datamodule, ckpt_path="best" if best else None)
+            summary.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        summary.update(data_stats)
+        summary.update({
+            "best_checkpoint": best,
+            "wall_time_s": round(time.time() - start, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        })
+        if trainer.is_global_zero:
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            log.info("summary: %s", json.dumps(summary))
+        return summary
+    finally:
+        if logger and hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            wandb.finish()  # so the next job of a multirun starts a fresh W&B run
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float:
+    check_launch(cfg)
+    return train(cfg)["val/acc"]
+
+
+if __name__ == "__main__":
+    main()
