@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from rmlab.data.collate import PairCollator
 from rmlab.data.formats import FORMATS, PairFormatError, detect_format, prompt_key, to_pair
-from rmlab.data.sources import SPLITS, split_of
+from rmlab.data.sources import SPLITS, LocalFiles, split_of
 from rmlab.data.tokenize import special_token_frame, tokenize_pair, use_chat_template
 from rmlab.model.backbone import load_tokenizer
 
@@ -21,7 +21,7 @@ DEFAULT_COLUMNS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected
 
 
 class PreferenceDataModule(L.LightningDataModule):
-    """Loads pairs from `source`, normalises their format, splits by prompt, tokenizes (cached by
+    """Loads pairs from `source` (or the local files `path`, `val_path`, `test_path`), normalises their format, splits by prompt, tokenizes (cached by
     `datasets`), applies the over-long policy and counts what it truncated or dropped.
 
     After `setup()`, `self.stats[split]` holds {pairs, truncated_prompt, truncated_response, dropped}.
@@ -29,8 +29,11 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        source: Callable[[], dict[str, Dataset | None]],
         tokenizer: dict | DictConfig,
+        source: Callable[[], dict[str, Dataset | None]] | None = None,
+        path: str | None = None,
+        val_path: str | None = None,
+        test_path: str | None = None,
         max_length: int = 512,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
@@ -44,9 +47,11 @@ class PreferenceDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ):
         super().__init__()
+        if (source is None) == (path is None):
+            raise ValueError("give either data.source or data.path (a local file; data=local), not both or neither")
         if format != "auto" and format not in FORMATS:
             raise ValueError(f"data.format={format!r}; choose 'auto' or one of {FORMATS}")
-        self.source = source
+        self.source = source or LocalFiles(path, val_path, test_path)
         as_dict = lambda c: OmegaConf.to_container(c, resolve=True) if isinstance(c, DictConfig) else dict(c or {})  # noqa: E731
         self.tokenizer = load_tokenizer(**as_dict(tokenizer))
         if padding_side:

@@ -11,11 +11,13 @@ Supported row formats:
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any
 
 FORMATS = ("prompt_response", "hh", "chat")
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_HH_ASSISTANT = "\n\nAssistant:"
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
@@ -28,7 +30,7 @@ def detect_format(row: dict[str, Any], columns: dict[str, str]) -> str:
     chosen, prompt = row.get(columns["chosen"]), row.get(columns["prompt"])
     if isinstance(chosen, list):
         return "chat"
-    if isinstance(chosen, str) and prompt is None and "\n\nAssistant:" in chosen:
+    if isinstance(chosen, str) and prompt is None and _HH_ASSISTANT in chosen:
         return "hh"
     if isinstance(chosen, str) and prompt is not None:
         return "prompt_response"
@@ -40,15 +42,24 @@ def detect_format(row: dict[str, Any], columns: dict[str, str]) -> str:
     )
 
 
-def _split_hh(transcript: str) -> tuple[list[dict[str, str]], str]:
-    parts = _HH_TURN.split(transcript)
-    # parts = [preamble, role, text, role, text, ...]
-    if len(parts) < 3 or parts[-2] != "Assistant":
-        raise PairFormatError("transcript does not end with an '\\n\\nAssistant:' turn")
-    messages = [{"role": _HH_ROLES[role], "content": text.strip()} for role, text in zip(parts[1::2], parts[2::2])]
+def _split_hh(chosen: str, rejected: str) -> tuple[list[dict[str, str]], str, str]:
+    """Shared prompt turns and the two final replies of an HH-RLHF pair.
+
+    The prompt is everything up to the last "\n\nAssistant:" the two transcripts share, as in the
+    data's definition (they differ only in the final reply). Splitting each transcript at its own
+    last turn instead breaks on replies that contain "Human:" or "\n\nAssistant:" themselves
+    (5 of the 2,312 harmless-base test pairs).
+    """
+    shared = os.path.commonprefix([chosen, rejected])
+    cut = shared.rfind(_HH_ASSISTANT)
+    if cut < 0:
+        raise PairFormatError("chosen and rejected transcripts share no '\\n\\nAssistant:' turn")
+    parts = _HH_TURN.split(chosen[:cut])  # [preamble, role, text, role, text, ...]
+    prompt = [{"role": _HH_ROLES[role], "content": text.strip()} for role, text in zip(parts[1::2], parts[2::2])]
     if parts[0].strip():
-        messages.insert(0, {"role": "system", "content": parts[0].strip()})
-    return messages[:-1], messages[-1]["content"]
+        prompt.insert(0, {"role": "system", "content": parts[0].strip()})
+    start = cut + len(_HH_ASSISTANT)
+    return prompt, chosen[start:].strip(), rejected[start:].strip()
 
 
 def _as_messages(value: Any, what: str) -> list[dict[str, str]]:
@@ -74,10 +85,7 @@ def to_pair(row: dict[str, Any], fmt: str, columns: dict[str, str]) -> dict[str,
         prompt = _as_messages(row.get(columns["prompt"]), f"column {columns['prompt']!r}")
         return {"prompt": prompt, "chosen": _text(chosen, "chosen"), "rejected": _text(rejected, "rejected")}
     if fmt == "hh":
-        prompt, chosen_reply = _split_hh(_text(chosen, "chosen"))
-        prompt_rejected, rejected_reply = _split_hh(_text(rejected, "rejected"))
-        if prompt != prompt_rejected:
-            raise PairFormatError("chosen and rejected transcripts differ before their last assistant reply")
+        prompt, chosen_reply, rejected_reply = _split_hh(_text(chosen, "chosen"), _text(rejected, "rejected"))
         return {"prompt": prompt, "chosen": chosen_reply, "rejected": rejected_reply}
     if fmt == "chat":
         chosen_msgs = _as_messages(chosen, "chosen")

@@ -36,8 +36,10 @@ class MeanPooling(nn.Module):
     """Mean of the hidden states of the real tokens (padding excluded)."""
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        mask = attention_mask.unsqueeze(-1).bool()
+        # where(), not hidden * mask: a pad row can hold NaN (fully masked attention) and NaN * 0 = NaN.
+        total = torch.where(mask, hidden, torch.zeros((), dtype=hidden.dtype, device=hidden.device)).sum(dim=1)
+        return total / mask.sum(dim=1).clamp(min=1).to(hidden.dtype)
 
 
 class ClsPooling(nn.Module):

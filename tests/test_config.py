@@ -1,0 +1,86 @@
+"""Every option of every config group composes, its keys bind to its constructor, and the cheap
+parts instantiate."""
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import get_method, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from conftest import compose_train
+from rmlab.config import CONFIG_DIR
+
+GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONFIG_DIR).iterdir() if g.is_dir()}
+OPTIONS = [(group, option) for group, options in sorted(GROUPS.items()) for option in options]
+REQUIRED = {("data", "local"): ["data.path=pairs.jsonl"]}
+
+
+def test_every_group_has_options():
+    assert {"model", "pooling", "data", "trainer", "logger", "callbacks", "experiment"} <= set(GROUPS)
+    assert GROUPS["pooling"] == ["cls", "last", "mean"]
+    assert {"minilm", "smollm2_135m"} <= set(GROUPS["model"])
+
+
+def _targets(node, path="") -> list[tuple[str, DictConfig]]:
+    found = []
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            found.append((path, node))
+        for key in node:
+            if key != "hydra":
+                found += _targets(node._get_node(key), f"{path}.{key}".lstrip("."))
+    return found
+
+
+def _check_binds(path: str, node: DictConfig) -> None:
+    target = get_method(node._target_) if "." in node._target_ else None
+    params = inspect.signature(target).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = {k for k in node if not k.startswith("_")} - set(params)
+    assert not unknown, f"{path} ({node._target_}): keys {unknown} are not parameters"
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_option_composes_and_binds(group, option, tmp_path):
+    cfg = compose_train([f"{group}={option}", *REQUIRED.get((group, option), [])], tmp_path)
+    assert OmegaConf.select(cfg, group if group not in ("pooling", "experiment") else "model.pooling") is not None
+    without_hydra = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    resolved = OmegaConf.create(OmegaConf.to_container(without_hydra, resolve=True))
+    targets = _targets(resolved)
+    assert {"model", "model.pooling", "model.loss", "data", "trainer"} <= {p for p, _ in targets}
+    assert (cfg.data.source is None) == ("path" in cfg.data)  # a source, or local files
+    for path, node in targets:
+        _check_binds(path, node)
+
+    # Cheap parts instantiate for real.
+    pooling = instantiate(cfg.model.pooling)
+    hidden, mask = torch.randn(2, 3, 4), torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert pooling(hidden, mask).shape == (2, 4)
+    loss = instantiate(cfg.model.loss)
+    assert loss(torch.tensor([1.0]), torch.tensor([0.0])).item() > 0
+    weight = torch.nn.Parameter(torch.zeros(2))
+    optimizer = instantiate(cfg.model.optimizer)([weight])
+    instantiate(cfg.model.scheduler)(optimizer=optimizer, num_warmup_steps=1, num_training_steps=10)
+    if cfg.data.source is not None:
+        assert callable(instantiate(cfg.data.source))
+    for callback in cfg.callbacks.values():
+        instantiate(callback)
+    instantiate(cfg.logger)
+    if cfg.trainer.accelerator in ("auto", "cpu"):
+        instantiate(cfg.trainer, precision="32-true")
+
+
+def test_run_dir_paths_follow_hydra_output_dir(tmp_path):
+    cfg = compose_train([], tmp_path)
+    assert cfg.callbacks.model_checkpoint.dirpath == f"{tmp_path}/checkpoints"
+    assert cfg.logger.save_dir == str(tmp_path)
+    assert cfg.logger.offline is True
+    assert cfg.data.tokenizer == cfg.model.backbone
+
+
+def test_typo_in_group_option_lists_the_choices(tmp_path):
+    with pytest.raises(Exception, match=r"(?s)Could not find 'pooling/maen'.*Available options.*cls.*last.*mean"):
+        compose_train(["pooling=maen"], tmp_path)
