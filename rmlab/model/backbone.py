@@ -103,6 +103,10 @@ def load_backbone(
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModel.from_pretrained(local_source(name_or_path, gguf_file), **kwargs)
+    if getattr(model, "pooler", None) is not None:
+        # BERT-style poolers are never read (rmlab pools hidden states itself); left in place
+        # they cost compute and leave DDP with parameters that get no gradient.
+        model.pooler = None
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
