@@ -89,4 +89,4 @@ def guard_cpu_bf16() -> None:
         cache.write_text(json.dumps({"amx_works": amx_works, "returncode": result.returncode}))
     if not amx_works:
         os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX512_CORE_BF16"
-        log.warning("This CPU advertises AMX but faults on it; bf16 matmuls are capped at AVX512_CORE_BF16.")
+        log.info("This CPU advertises AMX but faults on it; bf16 matmuls are capped at AVX512_CORE_BF16.")

@@ -69,7 +69,11 @@ class HubDataset:
         def load(split: str | None) -> Dataset | None:
             if split is None:
                 return None
-            return load_dataset(self.name, self.config, split=split, data_dir=self.data_dir)
+            try:
+                return load_dataset(self.name, self.config, split=split, data_dir=self.data_dir)
+            except ConnectionError as err:
+                raise ConnectionError(f"{err}. Offline, train on a local file instead: "
+                                      "data=local data.path=<pairs.jsonl[.gz]|.parquet>") from err
         return {name: load(split) for name, split in self.splits.items()}
 
     def describe(self, split: str) -> str:
