@@ -40,12 +40,8 @@ def test_short_training_on_synthetic_pairs_beats_chance_on_held_out_prompts(tmp_
 
 def test_cli_one_short_run_with_offline_wandb(tmp_path):
     run_dir = tmp_path / "run"
-    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "rmlab.train", "experiment=smoke", "logger=wandb",
-         "data.source.n_train=32", "data.source.n_val=16", "data.source.n_test=16", f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )
+    result = _cli(["experiment=smoke", "logger=wandb", "data.source.n_train=32", "data.source.n_val=16",
+                   "data.source.n_test=16", f"hydra.run.dir={run_dir}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     for key in ("val/acc", "test/acc", "test/loss", "train/steps", "train/pairs_seen", "wall_time_s"):
@@ -63,7 +59,29 @@ def test_cli_one_short_run_with_offline_wandb(tmp_path):
 
 
 def test_cli_bad_option_lists_choices(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "rmlab.train", "pooling=maxx"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    result = _cli(["pooling=maxx"], tmp_path, timeout=120)
     assert result.returncode != 0
     assert "Could not find 'pooling/maxx'" in result.stderr and "mean" in result.stderr
+
+
+def _cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
+    return subprocess.run([sys.executable, "-m", "rmlab.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_multirun_sweep_gives_each_job_its_own_run_dir(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = _cli(["-m", "experiment=smoke", "pooling=last,cls", "data.source.n_train=16", "data.source.n_val=16",
+                   "data.source.n_test=16", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p.parent for p in sweep.glob("*/summary.json"))
+    assert [p.name for p in jobs] == ["0", "1"]
+    configs = [(job / "config.yaml").read_text() for job in jobs]
+    assert "LastTokenPooling" in configs[0] and "ClsPooling" in configs[1]
+
+
+def test_multirun_with_ddp_is_refused_with_advice(tmp_path):
+    result = _cli(["-m", "experiment=smoke", "trainer.strategy=ddp", f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path)
+    assert result.returncode != 0
+    assert "cannot run inside a Hydra multirun" in result.stderr and "ddp_spawn" in result.stderr
