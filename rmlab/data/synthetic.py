@@ -34,6 +34,18 @@ POLITE_CLOSERS = (
     "I hope this helps!", "Let me know if you have any other questions!", "Feel free to ask anything else!",
 )
 
+# Which flaw a rejected answer has, and how often. Most flaws show in the text itself when it is
+# read next to the prompt (a number, unit, word or item that is not the one asked about), so a
+# small encoder can learn correctness; the rest (off_by_one, wrong_number, wrong_factor, wrong_order,
+# wrong_count, wrong_fact) need real arithmetic, counting or knowledge and stay hard on purpose.
+FLAW_SHARES: dict[str, dict[str, float]] = {
+    "arithmetic": {"misread_operand": 0.45, "misread_operator": 0.35, "off_by_one": 0.1, "wrong_number": 0.1},
+    "unit_conversion": {"wrong_unit": 0.4, "wrong_quantity": 0.45, "wrong_factor": 0.15},
+    "sorting": {"foreign_element": 0.45, "missing_element": 0.35, "unsorted": 0.1, "wrong_order": 0.1},
+    "counting": {"wrong_list": 0.45, "wrong_thing": 0.35, "off_by_one": 0.1, "wrong_count": 0.1},
+    "facts": {"off_topic": 0.75, "wrong_fact": 0.25},
+}
+
 ARITHMETIC_PROMPTS = {
     "+": ("What is {x} + {y}?", "What is {x} plus {y}?", "What is the sum of {x} and {y}?",
           "Add {x} and {y}.", "Compute {x} + {y}."),
@@ -41,11 +53,12 @@ ARITHMETIC_PROMPTS = {
     "*": ("What is {x} * {y}?", "What is {x} times {y}?", "What is the product of {x} and {y}?",
           "Multiply {x} by {y}.", "Compute {x} * {y}."),
 }
-ARITHMETIC_SAY = ("{a}", "{a}.", "The answer is {a}.", "{x} {op} {y} = {a}")
-ARITHMETIC_EXPLAIN = (
-    "Working it out gives {x} {op} {y} = {a}.", "Doing the arithmetic carefully, the result is {a}.",
-    "So the result is {a}.",
-)
+OPERATIONS: dict[str, Callable[[int, int], int]] = {
+    "+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y,
+}
+# Every answer restates its equation ("12 + 7 = 19"), so a misread operand or operator is visible.
+ARITHMETIC_SAY = ("{a}", "{a}.", "That gives {a}.", "Working it out: {a}.")
+ARITHMETIC_EXPLAIN = ("Doing the arithmetic carefully gives {a}.", "So the result is {a}.")
 
 CONVERSIONS = (  # (larger unit, smaller unit, how many smaller units make one larger)
     ("kilometres", "metres", 1000), ("metres", "centimetres", 100), ("centimetres", "millimetres", 10),
@@ -53,15 +66,15 @@ CONVERSIONS = (  # (larger unit, smaller unit, how many smaller units make one l
     ("hours", "minutes", 60), ("minutes", "seconds", 60), ("days", "hours", 24),
     ("weeks", "days", 7), ("years", "months", 12), ("feet", "inches", 12),
 )
+UNITS = tuple(dict.fromkeys(unit for big, small, _ in CONVERSIONS for unit in (big, small)))
 WRONG_FACTORS = (7, 10, 12, 24, 60, 100, 1000)
 CONVERSION_PROMPTS = (
     "How many {small} are in {v} {big}?", "Convert {v} {big} to {small}.", "What is {v} {big} in {small}?",
     "Express {v} {big} in {small}.", "{v} {big} is how many {small}?",
 )
-CONVERSION_SAY = ("{a} {small}", "{a} {small}.", "{v} {big} is {a} {small}.", "That is {a} {small}.")
-CONVERSION_EXPLAIN = (
-    "Multiplying by the number of {small} in one of the {big} gives {a}.", "So {v} {big} equals {a} {small}.",
-)
+# Answers restate quantity and units ("3 kilometres = 3000 metres").
+CONVERSION_SAY = ("{a}", "{a}.", "The conversion gives {a}.", "Converted: {a}.")
+CONVERSION_EXPLAIN = ("Multiplying by the size of the larger unit gives {a}.", "So {a}.")
 
 WORDS = (
     "apple", "banana", "cherry", "grape", "lemon", "mango", "melon", "olive", "peach", "pear", "plum", "kiwi",
@@ -87,18 +100,18 @@ COUNT_ADJECTIVES = ("old", "small", "happy", "quiet", "red", "tired", "clever", 
 COUNT_NOUNS = ("dog", "cat", "teacher", "child", "farmer", "bird", "driver", "painter", "neighbour", "baker")
 COUNT_VERBS = ("chased", "found", "watched", "helped", "followed", "called", "visited", "greeted", "heard")
 COUNT_ENDINGS = ("", "", "in the garden", "near the river", "after lunch", "before the storm", "at the market")
-COUNT_SENTENCE_PROMPTS = (
-    'How many words are in the sentence "{s}"?', 'Count the words in this sentence: "{s}".',
-    'How many words does "{s}" contain?',
+COUNT_SENTENCE_PROMPTS = (  # {unit} is "words" or "letters"
+    'How many {unit} are in the sentence "{s}"?', 'Count the {unit} in this sentence: "{s}".',
+    'How many {unit} does "{s}" contain?',
 )
 COUNT_LIST_PROMPTS = (
     "How many items are in this list: {s}?", "Count the items in this list: {s}.",
     "How many things are listed here: {s}?",
 )
-COUNT_SAY = ("{a}", "{a}.", "There are {a} {unit}.", "I count {a} {unit}.")
-COUNT_EXPLAIN = (
-    "Counting them one by one gives {a}.", "Going through the {unit} one at a time, the total is {a}.",
-)
+# Answers name what they counted and where ('6 words in "the old dog chased my cat"').
+COUNT_SAY = ("{a}", "{a}.", "There are {a}.", "I count {a}.")
+COUNT_EXPLAIN = ("Counting them one by one gives {a}.", "Going through them one at a time: {a}.")
+
 
 class FactTable(NamedTuple):
     """A table of facts: question templates over key "{k}", a full-sentence answer, the facts."""
@@ -187,61 +200,93 @@ class _Draft(NamedTuple):
     explain: tuple[str, ...]  # extra sentences for the longer side
 
 
-def _fill(templates: Sequence[str], **fields) -> tuple[str, ...]:
-    """Fill every field of the templates except the answer slot "{a}"."""
-    return tuple(t.format(a="{a}", **fields) for t in templates)
+def _pick_flaw(rng: random.Random, task: str) -> str:
+    return rng.choices(list(FLAW_SHARES[task]), weights=list(FLAW_SHARES[task].values()))[0]
+
+
+def _operands(rng: random.Random, op: str) -> tuple[int, int]:
+    if op == "*":
+        return rng.randint(2, 20), rng.randint(2, 12)
+    x = rng.randint(10, 99)
+    y = rng.randint(2, 99 if op == "+" else x - 1)
+    # x != 2y keeps x - y from repeating an operand, so a restated question never holds the answer.
+    while op == "-" and x == 2 * y:
+        y = rng.randint(2, x - 1)
+    return x, y
 
 
 def _arithmetic(rng: random.Random) -> _Draft:
     op = rng.choice("+-*")
-    if op == "*":
-        x, y = rng.randint(2, 20), rng.randint(2, 12)
+    x, y = _operands(rng, op)
+    result = OPERATIONS[op](x, y)
+    flaw = _pick_flaw(rng, "arithmetic")
+    bad_x, bad_y, bad_op = x, y, op
+    if flaw == "misread_operand":
+        # Right arithmetic on a number that is not in the question.
+        wrong = result
+        while (bad_x, bad_y) == (x, y) or wrong < 0 or result in (wrong, bad_x, bad_y) or wrong in (x, y):
+            other_x, other_y = _operands(rng, op)
+            bad_x, bad_y = (other_x, y) if rng.random() < 0.5 else (x, other_y)
+            wrong = OPERATIONS[op](bad_x, bad_y)
+    elif flaw == "misread_operator":
+        # Non-negative and different: "*" always qualifies for "+", "+" for "-", and "+" or "-" for "*".
+        bad_op = rng.choice([o for o in OPERATIONS if o != op and OPERATIONS[o](x, y) not in (result, x, y)
+                             and OPERATIONS[o](x, y) >= 0])
+        wrong = OPERATIONS[bad_op](x, y)
+    elif flaw == "off_by_one":
+        wrong = result + rng.choice((-1, 1))
     else:
-        x = rng.randint(10, 99)
-        y = rng.randint(2, 99 if op == "+" else x - 1)
-    # x != 2y keeps x - y from repeating an operand, so a restated question never holds the answer.
-    while op == "-" and x == 2 * y:
-        y = rng.randint(2, x - 1)
-    result = {"+": x + y, "-": x - y, "*": x * y}[op]
-    if rng.random() < 0.5:
-        flaw, wrong = "off_by_one", result + rng.choice((-1, 1))
-    else:
-        flaw, wrong = "wrong_number", rng.choice((result * 10, result + 10, result + rng.randint(3, 9)))
-    fields = dict(x=x, y=y, op=op)
-    prompt = rng.choice(ARITHMETIC_PROMPTS[op]).format(**fields)
-    return _Draft("arithmetic", prompt, flaw, str(result), str(wrong),
-                  _fill(ARITHMETIC_SAY, **fields), _fill(ARITHMETIC_EXPLAIN, **fields))
+        wrong = rng.choice((result * 10, result + 10, result + rng.randint(3, 9)))
+    prompt = rng.choice(ARITHMETIC_PROMPTS[op]).format(x=x, y=y)
+    return _Draft("arithmetic", prompt, flaw, f"{x} {op} {y} = {result}", f"{bad_x} {bad_op} {bad_y} = {wrong}",
+                  ARITHMETIC_SAY, ARITHMETIC_EXPLAIN)
 
 
 def _unit_conversion(rng: random.Random) -> _Draft:
     big, small, factor = rng.choice(CONVERSIONS)
     value = rng.randint(2, 250)
-    wrong_factor = rng.choice([f for f in WRONG_FACTORS + (factor * 10,) if f != factor])
-    fields = dict(v=value, big=big, small=small)
-    prompt = rng.choice(CONVERSION_PROMPTS).format(**fields)
-    good, bad = str(value * factor), str(value * wrong_factor)
-    return _Draft("unit_conversion", prompt, "wrong_factor", good, bad,
-                  _fill(CONVERSION_SAY, **fields), _fill(CONVERSION_EXPLAIN, **fields))
+    flaw = _pick_flaw(rng, "unit_conversion")
+    bad_value, bad_small, bad_factor = value, small, factor
+    if flaw == "wrong_unit":
+        bad_small = rng.choice([u for u in UNITS if u not in (big, small)])
+    elif flaw == "wrong_quantity":
+        while bad_value in (value, value * factor):
+            bad_value = rng.randint(2, 250)
+    else:
+        bad_factor = rng.choice([f for f in WRONG_FACTORS + (factor * 10,) if f != factor])
+    prompt = rng.choice(CONVERSION_PROMPTS).format(v=value, big=big, small=small)
+    good = f"{value} {big} = {value * factor} {small}"
+    bad = f"{bad_value} {big} = {bad_value * bad_factor} {bad_small}"
+    return _Draft("unit_conversion", prompt, flaw, good, bad, CONVERSION_SAY, CONVERSION_EXPLAIN)
 
 
 def _sorting(rng: random.Random) -> _Draft:
     template, numeric, descending = rng.choice(SORT_PROMPTS)
-    size = rng.randint(4, 7)
-    items = rng.sample(range(1, 100), size) if numeric else rng.sample(WORDS, size)
+    size = rng.randint(3, 6)  # short lists keep a foreign or missing item easy to spot
+    pool = range(1, 100) if numeric else WORDS
+    items = rng.sample(pool, size)
     ordered = sorted(items, reverse=descending)
     # An already sorted prompt would make the restated question contain the answer.
     while items == ordered or items == ordered[::-1]:
         rng.shuffle(items)
-    if rng.random() < 0.5:
-        flaw, wrong = "wrong_order", list(ordered)
+    flaw = _pick_flaw(rng, "sorting")
+    wrong = list(ordered)
+    if flaw == "foreign_element":
+        wrong[rng.randrange(size)] = rng.choice([item for item in pool if item not in items])
+        wrong.sort(reverse=descending)
+    elif flaw == "missing_element":
+        del wrong[rng.randrange(size)]
+    elif flaw == "unsorted":
+        wrong = list(items)
+    else:
         i = rng.randrange(size - 1)
         wrong[i], wrong[i + 1] = wrong[i + 1], wrong[i]
-    else:
-        flaw, wrong = "missing_element", list(ordered)
-        del wrong[rng.randrange(size)]
+    good, bad = ", ".join(map(str, ordered)), ", ".join(map(str, wrong))
+    # "2, 30, 40" hides inside "12, 30, 40": redraw rather than let a wrong answer contain the right one.
+    if good in bad:
+        return _sorting(rng)
     prompt = template.format(items=", ".join(map(str, items)))
-    return _Draft("sorting", prompt, flaw, ", ".join(map(str, ordered)), ", ".join(map(str, wrong)),
-                  SORT_SAY, SORT_EXPLAIN)
+    return _Draft("sorting", prompt, flaw, good, bad, SORT_SAY, SORT_EXPLAIN)
 
 
 def _noun_phrase(rng: random.Random) -> list[str]:
@@ -249,35 +294,57 @@ def _noun_phrase(rng: random.Random) -> list[str]:
     return [rng.choice(COUNT_DETERMINERS), *adjective, rng.choice(COUNT_NOUNS)]
 
 
+def _count(unit: str, words: list[str]) -> int:
+    return sum(map(len, words)) if unit == "letters" else len(words)
+
+
+def _counted(unit: str, words: list[str], separator: str) -> str:
+    return f'{_count(unit, words)} {unit} in "{separator.join(words)}"'
+
+
 def _counting(rng: random.Random) -> _Draft:
     if rng.random() < 0.5:
-        unit, templates = "words", COUNT_SENTENCE_PROMPTS
+        unit, separator = rng.choice(("words", "letters")), " "
         words = _noun_phrase(rng) + [rng.choice(COUNT_VERBS)] + _noun_phrase(rng)
         words += rng.choice(COUNT_ENDINGS).split()
-        text = " ".join(words)
+        prompt = rng.choice(COUNT_SENTENCE_PROMPTS).format(unit=unit, s=" ".join(words))
+        extras = [w for w in COUNT_ADJECTIVES if w not in words]
     else:
-        unit, templates = "items", COUNT_LIST_PROMPTS
+        unit, separator = "items", ", "
         words = rng.sample(WORDS, rng.randint(3, 9))
-        text = ", ".join(words)
-    count = len(words)
-    if rng.random() < 0.5:
-        flaw, wrong = "off_by_one", count + rng.choice((-1, 1))
+        prompt = rng.choice(COUNT_LIST_PROMPTS).format(s=", ".join(words))
+        extras = [w for w in WORDS if w not in words]
+    count = _count(unit, words)
+    flaw = _pick_flaw(rng, "counting")
+    if flaw == "wrong_list":
+        # An honest count of a list that is not the one given: a word dropped or one added.
+        wrong_words = list(words)
+        if rng.random() < 0.5:
+            del wrong_words[rng.randrange(len(words))]
+        else:
+            wrong_words.insert(rng.randrange(len(words) + 1), rng.choice(extras))
+        bad = _counted(unit, wrong_words, separator)
+    elif flaw == "wrong_thing":
+        # An honest count of something else: letters for words or items, words for letters.
+        bad = _counted("words" if unit == "letters" else "letters", words, separator)
     else:
-        flaw, wrong = "wrong_count", count + rng.choice((-1, 1)) * rng.randint(2, 4)
-        wrong = wrong if wrong > 0 else count + 2
-    prompt = rng.choice(templates).format(s=text)
-    return _Draft("counting", prompt, flaw, str(count), str(wrong),
-                  _fill(COUNT_SAY, unit=unit), _fill(COUNT_EXPLAIN, unit=unit))
+        if flaw == "off_by_one":
+            wrong = count + rng.choice((-1, 1))
+        else:
+            wrong = count + rng.choice((-1, 1)) * rng.randint(2, 4)
+            wrong = wrong if wrong > 0 else count + 2
+        bad = f'{wrong} {unit} in "{separator.join(words)}"'
+    return _Draft("counting", prompt, flaw, _counted(unit, words, separator), bad, COUNT_SAY, COUNT_EXPLAIN)
 
 
 def _facts(rng: random.Random) -> _Draft:
     table = FACT_TABLES[rng.choice(list(FACT_TABLES))]
     key, value = rng.choice(list(table.facts.items()))
-    if rng.random() < 0.5:
-        flaw, pool = "wrong_fact", [v for v in table.facts.values() if v != value]
+    flaw = _pick_flaw(rng, "facts")
+    if flaw == "wrong_fact":
+        pool = [v for v in table.facts.values() if v != value]
     else:
         # An answer from another table: clearly mismatched, so a small encoder can learn it.
-        flaw = "off_topic"
         pool = [v for t in FACT_TABLES.values() if t is not table for v in t.facts.values() if v != value]
     answer = table.answer.format(k=key, a="{a}")
     answer = answer[0].upper() + answer[1:]
