@@ -11,9 +11,11 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from rmlab.config import CONFIG_DIR
@@ -88,9 +90,7 @@ def train(cfg: DictConfig) -> dict:
             log.info("summary: %s", json.dumps(summary))
         return summary
     finally:
-        if logger and hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
-            import wandb
-
+        if isinstance(logger, WandbLogger):
             wandb.finish()  # so the next job of a multirun starts a fresh W&B run
 
 
