@@ -74,5 +74,7 @@ def compose_train(overrides: list[str], run_dir: Path):
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(run_dir)
     HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as @hydra.main hands it over: hydra's node lives in HydraConfig only
     run_dir.mkdir(parents=True, exist_ok=True)
     return cfg

@@ -29,8 +29,7 @@ def _targets(node, path="") -> list[tuple[str, DictConfig]]:
         if "_target_" in node:
             found.append((path, node))
         for key in node:
-            if key != "hydra":
-                found += _targets(node._get_node(key), f"{path}.{key}".lstrip("."))
+            found += _targets(node._get_node(key), f"{path}.{key}".lstrip("."))
     return found
 
 
@@ -47,8 +46,7 @@ def _check_binds(path: str, node: DictConfig) -> None:
 def test_option_composes_and_binds(group, option, tmp_path):
     cfg = compose_train([f"{group}={option}", *REQUIRED.get((group, option), [])], tmp_path)
     assert OmegaConf.select(cfg, group if group not in ("pooling", "experiment") else "model.pooling") is not None
-    without_hydra = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    resolved = OmegaConf.create(OmegaConf.to_container(without_hydra, resolve=True))
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     targets = _targets(resolved)
     assert {"model", "model.pooling", "model.loss", "data", "trainer"} <= {p for p, _ in targets}
     assert (cfg.data.source is None) == ("path" in cfg.data)  # a source, or local files
