@@ -14,6 +14,11 @@ from torchmetrics import MeanMetric
 from rmlab.model.backbone import load_backbone
 
 
+def pair_correct(margin: torch.Tensor) -> torch.Tensor:
+    """1 where chosen outscores rejected, 0.5 on a tie (a constant scorer gets exactly chance)."""
+    return (margin > 0).float() + 0.5 * (margin == 0).float()
+
+
 class PairMetrics(nn.Module):
     """Running, DDP-synced means over a split: accuracy, loss, margin, reward moments."""
 
@@ -27,8 +32,7 @@ class PairMetrics(nn.Module):
         margin = reward_chosen - reward_rejected
         n = margin.numel()
         values = {
-            # A tie is a coin flip: a constant scorer gets exactly chance, not 0.
-            "acc": (margin > 0).float() + 0.5 * (margin == 0).float(),
+            "acc": pair_correct(margin),
             "margin": margin,
             "reward_chosen": reward_chosen,
             "reward_chosen_sq": reward_chosen**2,
@@ -116,9 +120,9 @@ class RewardModel(L.LightningModule):
         loss, reward_chosen, reward_rejected = self._pair_step(batch)
         n_pairs = reward_chosen.numel()
         self.pairs_seen += n_pairs * self.trainer.world_size
-        acc = ((reward_chosen > reward_rejected).float() + 0.5 * (reward_chosen == reward_rejected).float()).mean()
+        margin = reward_chosen - reward_rejected
         self.log_dict(
-            {"train/loss": loss, "train/acc": acc, "train/margin": (reward_chosen - reward_rejected).mean()},
+            {"train/loss": loss, "train/acc": pair_correct(margin).mean(), "train/margin": margin.mean()},
             prog_bar=True, batch_size=n_pairs,
         )
         self.log("train/pairs_seen", float(self.pairs_seen), batch_size=n_pairs)
