@@ -18,7 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_short_training_on_synthetic_pairs_beats_chance_on_held_out_prompts(tmp_path):
     cfg = compose_train(
-        ["logger=csv", "data.source.n_val=96", "data.source.n_test=128", "trainer.max_epochs=1"],
+        # No length shortcut here (length_bias 0.5): this checks that training learns correctness.
+        ["logger=csv", "data.source.length_bias=0.5", "data.source.n_val=96", "data.source.n_test=300",
+         "trainer.max_epochs=1"],
         tmp_path,
     )
     summary = train(cfg)
@@ -26,7 +28,7 @@ def test_short_training_on_synthetic_pairs_beats_chance_on_held_out_prompts(tmp_
     assert on_disk == summary
     assert summary["train/steps"] == 2000 // 16 == 125
     assert summary["train/pairs_seen"] == 2000
-    assert summary["data/test/pairs"] == 128 and summary["data/train/dropped"] == 0
+    assert summary["data/test/pairs"] == 300 and summary["data/train/dropped"] == 0
     assert summary["test/acc"] >= 0.7, summary  # chance is 0.5; test prompts are unseen in training
     assert Path(summary["best_checkpoint"]).parent == tmp_path / "checkpoints"
     assert (tmp_path / "config.yaml").read_text().count("${") == 0  # resolved
