@@ -7,7 +7,6 @@ from typing import Any, Callable
 
 import lightning as L
 from datasets import Dataset
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from rmlab.data.collate import PairCollator
@@ -29,7 +28,7 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        tokenizer: dict | DictConfig,
+        tokenizer: dict,
         source: Callable[[], dict[str, Dataset | None]] | None = None,
         path: str | None = None,
         val_path: str | None = None,
@@ -39,7 +38,7 @@ class PreferenceDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         overlong: str = "truncate",
         format: str = "auto",
-        columns: dict | DictConfig | None = None,
+        columns: dict | None = None,
         chat_template: str | bool = "auto",
         padding_side: str | None = None,
         val_fraction: float = 0.1,
@@ -52,11 +51,10 @@ class PreferenceDataModule(L.LightningDataModule):
         if format != "auto" and format not in FORMATS:
             raise ValueError(f"data.format={format!r}; choose 'auto' or one of {FORMATS}")
         self.source = source or LocalFiles(path, val_path, test_path)
-        as_dict = lambda c: OmegaConf.to_container(c, resolve=True) if isinstance(c, DictConfig) else dict(c or {})  # noqa: E731
-        self.tokenizer = load_tokenizer(**as_dict(tokenizer))
+        self.tokenizer = load_tokenizer(**tokenizer)
         if padding_side:
             self.tokenizer.padding_side = padding_side
-        self.columns = {**DEFAULT_COLUMNS, **as_dict(columns)}
+        self.columns = {**DEFAULT_COLUMNS, **(columns or {})}
         self.max_length, self.overlong, self.format = max_length, overlong, format
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.chat_template = use_chat_template(self.tokenizer, chat_template)

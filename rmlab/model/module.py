@@ -7,7 +7,6 @@ from typing import Any, Callable
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -66,7 +65,7 @@ class RewardModel(L.LightningModule):
 
     def __init__(
         self,
-        backbone: dict | DictConfig,
+        backbone: dict,
         pooling: nn.Module,
         loss: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
@@ -76,9 +75,8 @@ class RewardModel(L.LightningModule):
         disable_dropout: bool = True,
     ):
         super().__init__()
-        backbone_cfg = OmegaConf.to_container(backbone, resolve=True) if isinstance(backbone, DictConfig) else dict(backbone)
-        self.save_hyperparameters({"backbone": backbone_cfg, "warmup_ratio": warmup_ratio, "weight_decay": weight_decay})
-        self.backbone = load_backbone(**backbone_cfg)
+        self.save_hyperparameters({"backbone": backbone, "warmup_ratio": warmup_ratio, "weight_decay": weight_decay})
+        self.backbone = load_backbone(**backbone)
         self.backbone.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes
         if disable_dropout:
             # As in TRL's RewardTrainer default: dropout makes chosen and rejected rows of one
