@@ -200,3 +200,11 @@ def test_real_hh_rlhf_file_loads_without_loss(shared_data):
     assert all(stats[s]["dropped"] == 0 for s in stats)
     assert stats["train"]["truncated_prompt"] > 0  # 16% of HH pairs exceed 256 MiniLM tokens
     assert max(len(ids) for ids in dm.splits["train"]["chosen_input_ids"]) == 256
+
+
+def test_special_token_frame_of_an_encoder_and_a_decoder():
+    from rmlab.data.tokenize import special_token_frame
+    from rmlab.model.backbone import load_tokenizer
+
+    assert special_token_frame(load_tokenizer(**MINILM)) == ([101], [102], [102])  # [CLS] p [SEP] r [SEP]
+    assert special_token_frame(load_tokenizer(**SMOLLM2)) == ([], [], [])

@@ -41,13 +41,16 @@ def special_token_frame(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], 
     """
     first, second = (tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("first", "second"))
     full = tokenizer("first", "second")["input_ids"]
-    for i in range(len(full) - len(first) + 1):
-        if full[i:i + len(first)] == first:
-            rest = full[i + len(first):]
-            for j in range(len(rest) - len(second) + 1):
-                if rest[j:j + len(second)] == second:
-                    return full[:i], rest[:j], rest[j + len(second):]
-    raise ValueError(f"cannot locate the text pair inside {type(tokenizer).__name__}'s special-token template")
+    i = _find(full, first)
+    j = _find(full, second, start=i + len(first)) if i >= 0 else -1
+    if j < 0:
+        raise ValueError(f"cannot locate the text pair inside {type(tokenizer).__name__}'s special-token template")
+    return full[:i], full[i + len(first):j], full[j + len(second):]
+
+
+def _find(sequence: list[int], part: list[int], start: int = 0) -> int:
+    """Index of the first occurrence of `part` in `sequence` at or after `start`, else -1."""
+    return next((i for i in range(start, len(sequence) - len(part) + 1) if sequence[i:i + len(part)] == part), -1)
 
 
 def tokenize_pair(
