@@ -36,7 +36,7 @@ def test_base_model_has_no_vocabulary_head_and_no_unused_pooler(kind):
 def test_chosen_and_rejected_share_one_backbone_forward(backbone_cfg):
     model = make_reward_model(backbone_cfg, LastTokenPooling())
     calls = []
-    model.backbone.register_forward_hook(lambda module, args, kwargs_out: calls.append(1))
+    model.backbone.register_forward_hook(lambda module, args, output: calls.append(1))
     batch = PairCollator(pad_token_id=0).pad([[5, 6, 7], [5, 6], [5, 8, 9, 10], [5, 9]])  # 2 pairs
     with torch.no_grad():
         loss, chosen, rejected = model._pair_step(batch)
