@@ -208,3 +208,16 @@ def test_special_token_frame_of_an_encoder_and_a_decoder():
 
     assert special_token_frame(load_tokenizer(**MINILM)) == ([101], [102], [102])  # [CLS] p [SEP] r [SEP]
     assert special_token_frame(load_tokenizer(**SMOLLM2)) == ([], [], [])
+
+
+def test_real_alpacaeval_pairs_keep_their_metadata_and_count_truncation(shared_data):
+    path = str(shared_data / "alpacaeval_pairs_test.jsonl.gz")
+    total = lambda stats, key: sum(stats[s][key] for s in stats)  # noqa: E731
+    truncated = datamodule(path, same_file_for_eval=False, max_length=256)
+    dropped = datamodule(path, same_file_for_eval=False, max_length=256, overlong="drop")
+    assert total(truncated.stats, "pairs") == 1168 and total(truncated.stats, "dropped") == 0
+    # 418 of 1,168 pairs (36%) fit in 256 MiniLM tokens; every other pair is either cut or dropped
+    assert total(dropped.stats, "pairs") == 418 and total(dropped.stats, "dropped") == 750
+    assert total(truncated.stats, "truncated_prompt") == 750
+    assert total(truncated.stats, "truncated_response") == 674  # a response alone is over the budget
+    assert {"judge_confidence", "chosen_model", "rejected_model"} <= set(truncated.splits["test"].column_names)
