@@ -62,7 +62,7 @@ def train(cfg: DictConfig) -> dict:
         datamodule.setup("fit")
         data_stats = {f"data/{split}/{k}": v for split, s in datamodule.stats.items() for k, v in s.items()}
         if trainer.is_global_zero:
-            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+            OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
             log.info("data: %s", data_stats)
         if logger:
             logger.log_hyperparams(resolved)

@@ -58,6 +58,8 @@ class PreferenceDataModule(L.LightningDataModule):
         self.max_length, self.overlong, self.format = max_length, overlong, format
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.chat_template = use_chat_template(self.tokenizer, chat_template)
+        # Chat templates carry their own special tokens; plain text gets the tokenizer's frame.
+        self.frame = ([], [], []) if self.chat_template else special_token_frame(self.tokenizer)
         self.fractions = (val_fraction, test_fraction)
         self.num_workers = num_workers
         self.splits: dict[str, Dataset] | None = None
@@ -87,11 +89,10 @@ class PreferenceDataModule(L.LightningDataModule):
         return raw.map(normalise, with_indices=True, remove_columns=drop, desc=f"reading {origin}")
 
     def _tokenize(self, pairs: Dataset, split: str) -> Dataset:
-        frame = ([], [], []) if self.chat_template else special_token_frame(self.tokenizer)
         tokenized = pairs.map(
             tokenize_pair,
             fn_kwargs={"tokenizer": self.tokenizer, "max_length": self.max_length, "overlong": self.overlong,
-                       "chat_template": self.chat_template, "frame": frame},
+                       "chat_template": self.chat_template, "frame": self.frame},
             desc=f"tokenizing {split}",
         )
         kept = tokenized.filter(lambda keep: keep, input_columns="keep")
