@@ -75,18 +75,13 @@ def guard_cpu_bf16() -> None:
     subprocess (result cached); if it dies, ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 is set for this
     process and its children. A value the user set is never changed.
     """
-    flags = _cpu_flags()
-    if "ONEDNN_MAX_CPU_ISA" in os.environ or "amx_tile" not in flags:
+    if "ONEDNN_MAX_CPU_ISA" in os.environ or "amx_tile" not in _cpu_flags():
         return
-    key = hashlib.sha1(f"{sorted(flags)}{platform.release()}{sys.executable}".encode()).hexdigest()[:16]
-    cache = cache_root() / f"cpu-probe-{key}.json"
-    try:
-        amx_works = json.loads(cache.read_text())["amx_works"]
-    except (OSError, ValueError, KeyError):
-        result = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, timeout=300)
-        amx_works = result.returncode == 0
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"amx_works": amx_works, "returncode": result.returncode}))
+
+    def probe() -> bool:
+        return subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, timeout=300).returncode == 0
+
+    amx_works = _cached("amx-works", probe)
     if not amx_works:
         os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX512_CORE_BF16"
         log.info("This CPU advertises AMX but faults on it; bf16 matmuls are capped at AVX512_CORE_BF16.")
