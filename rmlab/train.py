@@ -53,7 +53,9 @@ def train(cfg: DictConfig) -> dict:
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    if cfg.get("diagnostics"):
+        callbacks.append(instantiate(cfg.diagnostics))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     resolved = OmegaConf.to_container(cfg, resolve=True)

@@ -27,6 +27,8 @@ class PairCollator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = self.pad([f["chosen_input_ids"] for f in features] + [f["rejected_input_ids"] for f in features])
+        if "index" in features[0]:
+            batch["index"] = torch.tensor([int(f["index"]) for f in features])
         if "margin" in features[0]:
             batch["margin"] = torch.tensor([float(f["margin"]) for f in features])
         return batch

@@ -43,14 +43,18 @@ class PreferenceDataModule(L.LightningDataModule):
         padding_side: str | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
+        max_train_pairs: int | None = None,
+        seed: int = 0,
         num_workers: int = 0,
     ):
         super().__init__()
-        if (source is None) == (path is None):
+        has_files = any(p is not None for p in (path, val_path, test_path))
+        if (source is None) == (not has_files):
             raise ValueError("give either data.source or data.path (a local file; data=local), not both or neither")
         if format != "auto" and format not in FORMATS:
             raise ValueError(f"data.format={format!r}; choose 'auto' or one of {FORMATS}")
         self.source = source or LocalFiles(path, val_path, test_path)
+        self.max_train_pairs, self.seed = max_train_pairs, seed
         self.tokenizer = load_tokenizer(**tokenizer)
         if padding_side:
             self.tokenizer.padding_side = padding_side
@@ -62,7 +66,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.frame = ([], [], []) if self.chat_template else special_token_frame(self.tokenizer)
         self.fractions = (val_fraction, test_fraction)
         self.num_workers = num_workers
-        self.splits: dict[str, Dataset] | None = None
+        self.splits: dict[str, Dataset] = {}
         self.stats: dict[str, dict[str, int]] = {}
 
     # -- loading ---------------------------------------------------------------------------
@@ -96,6 +100,7 @@ class PreferenceDataModule(L.LightningDataModule):
             desc=f"tokenizing {split}",
         )
         kept = tokenized.filter(lambda keep: keep, input_columns="keep")
+        kept = kept.add_column("index", list(range(len(kept))))  # row id, so eval rewards map back to texts
         self.stats[split] = {
             "pairs": len(kept),
             "truncated_prompt": sum(tokenized["prompt_truncated"]),
@@ -109,13 +114,18 @@ class PreferenceDataModule(L.LightningDataModule):
         return kept
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits is not None:
+        """`fit` (and None) prepares every split; `validate` / `test` only the one they need, so a
+        file of test pairs alone (data.test_path) can be evaluated."""
+        needed = {"validate": ("val",), "test": ("test",)}.get(stage or "fit", SPLITS)
+        if all(split in self.splits for split in needed):
             return
         raw = self.source()
         describe = getattr(self.source, "describe", lambda split: split)
         normalised = {split: self._normalise(ds, describe(split)) for split, ds in raw.items() if ds is not None}
         missing = [split for split in SPLITS if split not in normalised]
-        if missing:
+        if any(split in missing for split in needed):
+            if "train" not in normalised:
+                raise ValueError(f"no data for the {'/'.join(needed)} split: give data.path or data.{needed[0]}_path")
             # Carve missing splits out of train by prompt, so no prompt is in two splits.
             train = normalised.pop("train")
             assignment = [split_of(key, *self.fractions) for key in train["prompt_key"]]
@@ -126,11 +136,22 @@ class PreferenceDataModule(L.LightningDataModule):
                     raise ValueError(f"{describe('train')}: too few distinct prompts to carve a {split} split "
                                      f"(val_fraction={self.fractions[0]}, test_fraction={self.fractions[1]}); "
                                      f"give data.{split}_path or more data")
-        self.splits = {split: self._tokenize(normalised[split], split) for split in SPLITS}
+        if "train" in needed and self.max_train_pairs is not None and self.max_train_pairs < len(normalised["train"]):
+            # A seeded random subset (e.g. the seed exercise's "train on a subset"); counted in the stats.
+            available = len(normalised["train"])
+            normalised["train"] = normalised["train"].shuffle(seed=self.seed).select(range(self.max_train_pairs))
+            log.info("train: %d of %d pairs (data.max_train_pairs)", self.max_train_pairs, available)
+        self.splits.update({split: self._tokenize(normalised[split], split) for split in needed})
+
+    def encode_response(self, prompt: list[dict], response: str) -> list[int]:
+        """Token ids the model reads for one (prompt, response), as in training; over-long ones are
+        truncated (never dropped), so every response of a probe set gets a reward."""
+        pair = {"prompt": prompt, "chosen": response, "rejected": response}
+        return tokenize_pair(pair, self.tokenizer, self.max_length, "truncate", self.chat_template, self.frame)["chosen_input_ids"]
 
     # -- loaders ---------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        columns = ["chosen_input_ids", "rejected_input_ids"] + (["margin"] if self.columns["margin"] else [])
+        columns = ["index", "chosen_input_ids", "rejected_input_ids"] + (["margin"] if self.columns["margin"] else [])
         return DataLoader(
             self.splits[split].select_columns(columns),
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,

@@ -38,7 +38,7 @@ def _builder(path: Path) -> str:
 class LocalFiles:
     """Pairs from local JSONL/JSON/Parquet/CSV files (gzipped too), loaded and cached by `datasets`."""
 
-    def __init__(self, path: str, val_path: str | None = None, test_path: str | None = None):
+    def __init__(self, path: str | None, val_path: str | None = None, test_path: str | None = None):
         self.paths = {"train": path, "val": val_path, "test": test_path}
 
     def __call__(self) -> dict[str, Dataset | None]:

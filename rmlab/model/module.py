@@ -126,9 +126,11 @@ class RewardModel(L.LightningModule):
         self.log("train/pairs_seen", float(self.pairs_seen), batch_size=n_pairs)
         return loss
 
-    def _eval_step(self, stage: str, batch: dict[str, torch.Tensor]) -> None:
+    def _eval_step(self, stage: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         loss, reward_chosen, reward_rejected = self._pair_step(batch)
         self.metrics[stage].update(reward_chosen, reward_rejected, loss)
+        # Per-pair rewards with the row ids, for callbacks (rmlab.diagnostics.BiasDiagnostics).
+        return {"index": batch.get("index"), "reward_chosen": reward_chosen.detach(), "reward_rejected": reward_rejected.detach()}
 
     def _eval_epoch_end(self, stage: str) -> None:
         values = self.metrics[stage].compute(stage)
@@ -138,10 +140,10 @@ class RewardModel(L.LightningModule):
         self.log_dict(values)
 
     def validation_step(self, batch, batch_idx):
-        self._eval_step("val", batch)
+        return self._eval_step("val", batch)
 
     def test_step(self, batch, batch_idx):
-        self._eval_step("test", batch)
+        return self._eval_step("test", batch)
 
     def on_validation_epoch_end(self):
         self._eval_epoch_end("val")

@@ -1,0 +1,1 @@
+"""Reward-model bias diagnostics: surface-pattern detectors and adversarial probes."""

@@ -1,0 +1,134 @@
+"""Bias diagnostics at every validation and after testing, as a Lightning callback."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
+
+from rmlab.data.collate import PairCollator
+from rmlab.diagnostics import report as bias_report
+from rmlab.diagnostics.probes import build_probe_items
+
+log = logging.getLogger(__name__)
+STAGES = {"val": "val", "test": "test"}  # logging prefix -> DataModule split
+
+
+class BiasDiagnostics(L.Callback):
+    """Collects the per-pair rewards of validation/test (from `RewardModel`'s step outputs),
+    rewrites held-out pairs with the adversarial probes and scores them, and computes the bias
+    report (rmlab.diagnostics.report). Scalars go to every logger under `val/bias/...`,
+    `val/probe/...`, `val/subset/...` (`test/...` after testing); W&B also gets tables, histograms
+    and plots. After testing (or a standalone validate), report.json, report.md and PNG plots are
+    written to `report_dir`.
+
+    Under DDP each rank gathers every rank's rewards (rows are identified by their index, so the
+    duplicates a DistributedSampler pads with are counted once) and the probe set is scored in
+    shards; tables, images and files come from rank 0.
+    """
+
+    def __init__(self, enabled: bool = True, probes: Sequence[str] | None = None, val_probe_pairs: int | None = 100,
+                 test_probe_pairs: int | None = 500, probe_seed: int = 0, bucket_width: int = 100,
+                 match_tolerance: float = 0.1, calibration_bins: int = 10, top_fraction: float = 0.25, worst_k: int = 20,
+                 subset_columns: Sequence[str] = ("subset", "task", "flaw"), report_dir: str | None = None,
+                 report_title: str = "Reward model bias report"):
+        self.enabled = enabled
+        self.probes = list(probes) if probes is not None else None
+        self.probe_pairs = {"val": val_probe_pairs, "test": test_probe_pairs}
+        self.probe_seed = probe_seed
+        self.settings = {"bucket_width": bucket_width, "match_tolerance": match_tolerance, "calibration_bins": calibration_bins,
+                         "top_fraction": top_fraction, "worst_k": worst_k, "subset_columns": tuple(subset_columns)}
+        self.report_dir = Path(report_dir) if report_dir else None
+        self.report_title = report_title
+        self.outputs: list[dict[str, torch.Tensor]] = []
+        self.last_report: dict[str, Any] | None = None
+
+    # -- collecting ----------------------------------------------------------------------------
+    def _start(self, *args) -> None:
+        self.outputs = []
+
+    def _collect(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.enabled and outputs is not None and outputs.get("index") is not None:
+            self.outputs.append({k: v.detach().float() if k != "index" else v.detach() for k, v in outputs.items()})
+
+    on_validation_epoch_start = on_test_epoch_start = _start
+    on_validation_batch_end = on_test_batch_end = _collect
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled and not trainer.sanity_checking:
+            self._diagnose(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled:
+            self._diagnose(trainer, pl_module, "test")
+
+    # -- computing -----------------------------------------------------------------------------
+    @staticmethod
+    def _gather(pl_module: L.LightningModule, index: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rank's (index, values), duplicates removed, sorted by index."""
+        if pl_module.trainer.world_size > 1:
+            size = pl_module.all_gather(torch.tensor(len(index), device=pl_module.device)).max()
+            pad = int(size) - len(index)
+            index = torch.cat([index.to(pl_module.device), torch.full((pad,), -1, device=pl_module.device, dtype=index.dtype)])
+            values = torch.cat([values.to(pl_module.device), values.new_zeros((pad, *values.shape[1:])).to(pl_module.device)])
+            index, values = pl_module.all_gather(index).flatten(0, 1), pl_module.all_gather(values).flatten(0, 1)
+        index, values = index.cpu(), values.float().cpu()
+        order = torch.argsort(index, stable=True)
+        index, values = index[order], values[order]
+        keep = (index >= 0) & torch.cat([torch.tensor([True]), index[1:] != index[:-1]])
+        return index[keep], values[keep]
+
+    def _score(self, trainer: L.Trainer, pl_module: L.LightningModule, items: list[dict]) -> torch.Tensor:
+        """Rewards of the probe responses; each rank scores every world_size-th item."""
+        datamodule = trainer.datamodule
+        rank, world = trainer.global_rank, trainer.world_size
+        mine = list(range(rank, len(items), world))
+        collator = PairCollator(datamodule.tokenizer.pad_token_id, datamodule.tokenizer.padding_side)
+        rewards = []
+        with torch.no_grad(), trainer.precision_plugin.forward_context():
+            for start in range(0, len(mine), datamodule.eval_batch_size):
+                chunk = mine[start:start + datamodule.eval_batch_size]
+                batch = collator.pad([datamodule.encode_response(items[j]["prompt"], items[j]["text"]) for j in chunk])
+                rewards.append(pl_module(batch["input_ids"].to(pl_module.device), batch["attention_mask"].to(pl_module.device)).float())
+        local = torch.cat(rewards) if rewards else torch.zeros(0, device=pl_module.device)
+        index, values = self._gather(pl_module, torch.tensor(mine, dtype=torch.long), local)
+        if len(index) != len(items):
+            raise RuntimeError(f"scored {len(index)} of {len(items)} probe responses")
+        return values
+
+    def _diagnose(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not self.outputs:
+            return
+        index = torch.cat([o["index"] for o in self.outputs])
+        rewards = torch.stack([torch.cat([o["reward_chosen"] for o in self.outputs]),
+                               torch.cat([o["reward_rejected"] for o in self.outputs])], dim=1)
+        self.outputs = []
+        index, rewards = self._gather(pl_module, index, rewards)
+        split = trainer.datamodule.splits[STAGES[stage]].select(index.tolist())
+        columns = [c for c in split.column_names if not c.endswith("_input_ids")]
+        pairs = split.select_columns(columns).to_dict()
+        rows = [dict(zip(pairs, values)) for values in zip(*pairs.values())]
+        # During fit: a quick look at every validation. Testing or a standalone validate: the full report.
+        full = trainer.state.fn != TrainerFn.FITTING
+        items = build_probe_items(rows, self.probes, self.probe_pairs["test" if full else "val"], self.probe_seed)
+        item_rewards = self._score(trainer, pl_module, items) if items else None
+        reward_chosen, reward_rejected = rewards[:, 0], rewards[:, 1]
+        report = bias_report.build_report(pairs, reward_chosen, reward_rejected, items, item_rewards, **self.settings)
+        report["stage"], report["step"] = stage, trainer.global_step
+        self.last_report = report
+        for key, value in bias_report.scalars(report, stage).items():
+            pl_module.log(key, value, sync_dist=False, rank_zero_only=True)
+        if not trainer.is_global_zero:
+            return
+        images = None
+        if full and self.report_dir is not None:
+            images = bias_report.write(report, reward_chosen, reward_rejected, pairs, self.report_dir, self.report_title)
+            log.info("bias report: %s\n%s", self.report_dir / "report.md", "\n".join(bias_report.summary_lines(report)))
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                bias_report.log_wandb(logger.experiment, report, reward_chosen, reward_rejected, stage, trainer.global_step, images)

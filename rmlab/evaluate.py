@@ -1,0 +1,88 @@
+"""Evaluate a trained reward model: `python -m rmlab.evaluate ckpt=<path.ckpt> [data=local data.path=...]`.
+
+Rebuilds the model and its data settings from the config stored in the checkpoint, scores the
+chosen split (or a given file, whole) and writes the bias report (rmlab.diagnostics) into the
+run dir: report.json, report.md, PNG plots; the same numbers go to the logger (W&B offline).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+import wandb
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from rmlab.config import CONFIG_DIR
+from rmlab.diagnostics.report import summary_lines
+from rmlab.train import best_precision
+
+log = logging.getLogger(__name__)
+
+
+def load_checkpoint(path: str) -> dict:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"ckpt={path!r}: no such file ({file.resolve()})")
+    checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    if not checkpoint.get("rmlab_config"):
+        raise ValueError(f"ckpt={path!r} has no rmlab config: it was not written by rmlab.train")
+    return checkpoint
+
+
+def data_config(run_cfg: DictConfig, overrides: DictConfig | None, split: str) -> tuple[dict, str]:
+    """The checkpoint's data config with the non-null `data.*` overrides applied. A file given as
+    data.path (or data.test_path) is evaluated whole, as the test split."""
+    given = {k: v for k, v in (OmegaConf.to_container(overrides, resolve=False) if overrides else {}).items() if v is not None}
+    if given.get("path") or given.get("test_path"):
+        given.update(source=None, test_path=given.get("test_path") or given["path"], path=None, val_path=None)
+        split = "test"
+    merged = OmegaConf.merge(run_cfg, {"data": given})  # interpolations in `given` resolve against the run config
+    return OmegaConf.to_container(merged.data, resolve=True), split
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.split not in ("test", "val"):
+        raise ValueError(f"split={cfg.split!r}; choose test or val")
+    checkpoint = load_checkpoint(cfg.ckpt)
+    run_cfg = OmegaConf.create(checkpoint["rmlab_config"])
+    data_cfg, split = data_config(run_cfg, cfg.get("data"), cfg.split)
+    datamodule = instantiate(data_cfg)
+    model = instantiate(run_cfg.model)
+    model.load_state_dict(checkpoint["state_dict"])
+
+    precision = cfg.trainer.precision
+    if precision == "auto":
+        precision = best_precision(str(cfg.trainer.accelerator))
+    diagnostics = instantiate(cfg.diagnostics, report_title=f"Bias report: {cfg.ckpt} on {split} data")
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, precision=precision,
+                        logger=logger, callbacks=[diagnostics], enable_checkpointing=False, default_root_dir=run_dir)
+    try:
+        if logger:
+            logger.log_hyperparams({"ckpt": str(cfg.ckpt), "split": split, "data": data_cfg, "model": run_cfg.model})
+        (trainer.test if split == "test" else trainer.validate)(model, datamodule=datamodule)
+        report = diagnostics.last_report
+        if trainer.is_global_zero and report is not None:
+            print("\n".join(summary_lines(report)))
+            print(f"report: {run_dir / 'report.md'}")
+        return report
+    finally:
+        if isinstance(logger, WandbLogger):
+            wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()
