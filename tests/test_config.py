@@ -66,6 +66,7 @@ def test_option_composes_and_binds(group, option, tmp_path):
         assert callable(instantiate(cfg.data.source))
     for callback in cfg.callbacks.values():
         instantiate(callback)
+    assert instantiate(cfg.diagnostics).report_dir == tmp_path
     instantiate(cfg.logger)
     if cfg.trainer.accelerator in ("auto", "cpu"):
         instantiate(cfg.trainer, precision="32-true")
@@ -82,3 +83,37 @@ def test_run_dir_paths_follow_hydra_output_dir(tmp_path):
 def test_typo_in_group_option_lists_the_choices(tmp_path):
     with pytest.raises(Exception, match=r"(?s)Could not find 'pooling/maen'.*Available options.*cls.*last.*mean"):
         compose_train(["pooling=maen"], tmp_path)
+
+
+def _compose_evaluate(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("evaluate", overrides=overrides)
+
+
+@pytest.mark.parametrize("data", GROUPS["data"])
+def test_evaluate_data_options_merge_onto_the_checkpoints_config(data, tmp_path):
+    from rmlab.evaluate import data_config
+
+    run_cfg = OmegaConf.create(OmegaConf.to_container(compose_train(["model=smollm2_135m"], tmp_path), resolve=True))
+    overrides = [f"data={data}"] + (["data.path=pairs.jsonl"] if data == "local" else [])
+    cfg = _compose_evaluate(["ckpt=x.ckpt", *overrides])
+    merged, split = data_config(run_cfg, cfg.data, "val")
+    assert merged["tokenizer"] == run_cfg.model.backbone  # the checkpoint's tokenizer, whatever the data
+    if data == "local":  # a file is evaluated whole
+        assert (merged["source"], merged["path"], merged["test_path"], split) == (None, None, "pairs.jsonl", "test")
+        assert merged["max_length"] == run_cfg.data.max_length
+    else:
+        assert merged["source"]["_target_"] == cfg.data.source._target_ and split == "val"
+    _check_binds("data", OmegaConf.create(merged))
+
+
+def test_evaluate_without_data_keeps_the_checkpoints_data(tmp_path):
+    from rmlab.evaluate import data_config
+
+    run_cfg = OmegaConf.create(OmegaConf.to_container(compose_train([], tmp_path), resolve=True))
+    merged, split = data_config(run_cfg, _compose_evaluate(["ckpt=x.ckpt", "data.eval_batch_size=4"]).data, "test")
+    assert merged == {**OmegaConf.to_container(run_cfg.data), "eval_batch_size": 4} and split == "test"

@@ -221,3 +221,27 @@ def test_real_alpacaeval_pairs_keep_their_metadata_and_count_truncation(shared_d
     assert total(truncated.stats, "truncated_prompt") == 750
     assert total(truncated.stats, "truncated_response") == 674  # a response alone is over the budget
     assert {"judge_confidence", "chosen_model", "rejected_model"} <= set(truncated.splits["test"].column_names)
+
+
+def test_test_file_alone_is_enough_for_the_test_stage(tmp_path):
+    rows = [{"prompt": f"q{i}", "chosen": "good", "rejected": "bad", "subset": "s"} for i in range(7)]
+    path = write_jsonl(tmp_path / "test.jsonl", rows)
+    dm = PreferenceDataModule(test_path=path, tokenizer=MINILM)
+    dm.setup("test")
+    assert set(dm.splits) == {"test"} and dm.stats["test"]["pairs"] == 7
+    assert dm.splits["test"]["index"] == list(range(7)) and dm.splits["test"]["subset"] == ["s"] * 7
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["index"].tolist() == list(range(7))  # rows map back to their texts
+    with pytest.raises(ValueError, match="no data for the train/val/test split"):
+        dm.setup("fit")
+
+
+def test_max_train_pairs_takes_a_seeded_subset_of_train_only(tmp_path):
+    rows = [{"prompt": f"question number {i}", "chosen": "good", "rejected": "bad"} for i in range(200)]
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    dms = [datamodule(path, same_file_for_eval=False, max_train_pairs=50, seed=seed) for seed in (0, 0, 1)]
+    full = datamodule(path, same_file_for_eval=False)
+    assert [dm.stats["train"]["pairs"] for dm in dms] == [50, 50, 50]
+    assert dms[0].stats["val"] == full.stats["val"] and dms[0].stats["test"] == full.stats["test"]
+    keys = [set(dm.splits["train"]["prompt_key"]) for dm in dms]
+    assert keys[0] == keys[1] != keys[2] and keys[0] <= set(full.splits["train"]["prompt_key"])

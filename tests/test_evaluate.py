@@ -1,0 +1,113 @@
+"""`python -m rmlab.evaluate` on a real checkpoint: the run's own test split, a file with a `subset`
+column, W&B offline read back, and the same report from 2 DDP processes as from one."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import compose_train
+from wandb_offline import read_run
+from rmlab.diagnostics.probes import PROBES
+from rmlab.train import train
+
+N_TEST = 25  # odd: 2 DDP ranks get 13 each, one a padded duplicate that must not count twice
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("train")
+    cfg = compose_train(["experiment=smoke", "data.source.n_train=32", "data.source.n_val=16",
+                         f"data.source.n_test={N_TEST}"], run_dir)
+    summary = train(cfg)
+    return Path(summary["best_checkpoint"]), summary
+
+
+def _evaluate(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
+    return subprocess.run([sys.executable, "-m", "rmlab.evaluate", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_training_writes_the_report_of_its_test_split(checkpoint):
+    ckpt, summary = checkpoint
+    run_dir = ckpt.parent.parent
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["n"] == summary["data/test/pairs"] == N_TEST
+    assert report["overall"]["acc"] == pytest.approx(summary["test/acc"], abs=1e-6)  # the module's own metric
+    assert summary["test/bias/length_spearman"] == pytest.approx(report["length"]["length_spearman"], abs=1e-6)
+    assert summary["test/probe/filler/acc"] == pytest.approx(report["probes"]["filler"]["acc"], abs=1e-6)
+    for name in ("report.md", "reliability.png", "rewards.png", "length.png", "probes.png"):
+        assert (run_dir / name).stat().st_size > 0, name
+
+
+def test_evaluate_cli_on_the_runs_own_test_split(checkpoint, tmp_path):
+    ckpt, summary = checkpoint
+    out = tmp_path / "eval"
+    result = _evaluate([f"ckpt={ckpt}", f"hydra.run.dir={out}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["n"] == N_TEST and report["stage"] == "test"
+    assert report["overall"]["acc"] == pytest.approx(summary["test/acc"], abs=1e-6)  # same model, same pairs
+    assert set(report["probes"]) == set(PROBES)
+    assert report["subset_column"] == "task" and sum(s["n"] for s in report["subsets"].values()) == N_TEST
+    assert f"pairs {N_TEST}   acc " in result.stdout and "report: " in result.stdout
+    assert (out / "report.md").read_text().startswith("# Bias report: ")
+
+    [wandb_run] = (out / "wandb").glob("offline-run-*")
+    logged = read_run(wandb_run)
+    assert logged["summary"]["test/acc"] == pytest.approx(report["overall"]["acc"], abs=1e-6)
+    assert logged["summary"]["test/probe/filler/acc"] == pytest.approx(report["probes"]["filler"]["acc"], abs=1e-6)
+    assert logged["summary"]["test/bias/ece"] == pytest.approx(report["overall"]["ece"], abs=1e-6)
+    [table] = (wandb_run / "files" / "media" / "table" / "test" / "tables").glob("probes_*.table.json")
+    rows = json.loads(table.read_text())
+    assert rows["columns"][:3] == ["probe", "n", "acc"]
+    assert {row[0]: row[2] for row in rows["data"]} == pytest.approx({k: v["acc"] for k, v in report["probes"].items()})
+    media = {p.parent.name + "/" + p.name.split("_")[0] for p in (wandb_run / "files" / "media").rglob("*.*")}
+    assert {"tables/worst", "tables/length", "plots/probes", "plots/length"} <= media
+
+
+def test_evaluate_a_file_with_a_subset_column(checkpoint, tmp_path):
+    ckpt, _ = checkpoint
+    rows = [{"prompt": f"What is {a} + {b}?", "chosen": f"{a + b}", "rejected": f"{a + b + 1}", "subset": "math"}
+            for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10)]]
+    rows += [{"prompt": f"Say hello to {name}.", "chosen": f"Hello, {name}!", "rejected": "No.", "subset": "chat"}
+             for name in ["Ann", "Bo", "Cy"]]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval"
+    result = _evaluate([f"ckpt={ckpt}", "data=local", f"data.path={path}", "logger=csv", f"hydra.run.dir={out}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["n"] == 8  # the whole file, not a carved split
+    assert report["subset_column"] == "subset"
+    assert {k: v["n"] for k, v in report["subsets"].items()} == {"chat": 3, "math": 5}
+    assert report["overall"]["acc"] == pytest.approx((5 * report["subsets"]["math"]["acc"] + 3 * report["subsets"]["chat"]["acc"]) / 8)
+    assert "## Accuracy by subset" in (out / "report.md").read_text()
+
+
+def test_evaluate_refuses_a_missing_checkpoint(tmp_path):
+    result = _evaluate([f"ckpt={tmp_path / 'nope.ckpt'}", "logger=csv", f"hydra.run.dir={tmp_path / 'e'}"], tmp_path, timeout=120)
+    assert result.returncode != 0 and "nope.ckpt" in result.stderr and "no such file" in result.stderr
+
+
+@pytest.mark.multiprocess
+def test_ddp_evaluation_gives_the_single_process_report(checkpoint, tmp_path):
+    ckpt, _ = checkpoint
+    reports = {}
+    for devices in (1, 2):
+        out = tmp_path / f"eval{devices}"
+        result = _evaluate([f"ckpt={ckpt}", "logger=csv", "trainer.accelerator=cpu", f"trainer.devices={devices}",
+                            f"hydra.run.dir={out}"], tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        reports[devices] = json.loads((out / "report.json").read_text())
+    single, ddp = reports[1], reports[2]
+    assert ddp["n"] == single["n"] == N_TEST  # gathered from both ranks, the padded duplicate counted once
+    for key in ("acc", "loss", "margin", "ece"):
+        assert ddp["overall"][key] == pytest.approx(single["overall"][key], abs=1e-5), key
+    assert ddp["length"]["length_spearman"] == pytest.approx(single["length"]["length_spearman"], abs=1e-5)
+    assert {k: (v["n"], round(v["acc"], 5)) for k, v in ddp["probes"].items()} == \
+        {k: (v["n"], round(v["acc"], 5)) for k, v in single["probes"].items()}
