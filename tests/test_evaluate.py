@@ -103,6 +103,8 @@ def test_ddp_evaluation_gives_the_single_process_report(checkpoint, tmp_path):
         result = _evaluate([f"ckpt={ckpt}", "logger=csv", "trainer.accelerator=cpu", f"trainer.devices={devices}",
                             f"hydra.run.dir={out}"], tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
+        if devices == 2:
+            assert "MEMBER: 2/2" in result.stdout + result.stderr  # really two processes
         reports[devices] = json.loads((out / "report.json").read_text())
     single, ddp = reports[1], reports[2]
     assert ddp["n"] == single["n"] == N_TEST  # gathered from both ranks, the padded duplicate counted once

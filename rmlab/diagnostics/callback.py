@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -104,6 +105,7 @@ class BiasDiagnostics(L.Callback):
     def _diagnose(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not self.outputs:
             return
+        start = time.perf_counter()
         index = torch.cat([o["index"] for o in self.outputs])
         rewards = torch.stack([torch.cat([o["reward_chosen"] for o in self.outputs]),
                                torch.cat([o["reward_rejected"] for o in self.outputs])], dim=1)
@@ -120,6 +122,7 @@ class BiasDiagnostics(L.Callback):
         reward_chosen, reward_rejected = rewards[:, 0], rewards[:, 1]
         report = bias_report.build_report(pairs, reward_chosen, reward_rejected, items, item_rewards, **self.settings)
         report["stage"], report["step"] = stage, trainer.global_step
+        report["probe_responses_scored"], report["seconds"] = len(items), round(time.perf_counter() - start, 1)
         self.last_report = report
         for key, value in bias_report.scalars(report, stage).items():
             pl_module.log(key, value, sync_dist=False, rank_zero_only=True)
