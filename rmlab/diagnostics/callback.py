@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -94,13 +95,27 @@ class BiasDiagnostics(L.Callback):
         with torch.no_grad(), trainer.precision_plugin.forward_context():
             for start in range(0, len(mine), datamodule.eval_batch_size):
                 chunk = mine[start:start + datamodule.eval_batch_size]
-                batch = collator.pad([datamodule.encode_response(items[j]["prompt"], items[j]["text"]) for j in chunk])
+                batch = collator.pad([items[j]["input_ids"] for j in chunk])
                 rewards.append(pl_module(batch["input_ids"].to(pl_module.device), batch["attention_mask"].to(pl_module.device)).float())
         local = torch.cat(rewards) if rewards else torch.zeros(0, device=pl_module.device)
         index, values = self._gather(pl_module, torch.tensor(mine, dtype=torch.long), local)
         if len(index) != len(items):
             raise RuntimeError(f"scored {len(index)} of {len(items)} probe responses")
         return values
+
+    @staticmethod
+    def _visible(datamodule, split, items: list[dict]) -> tuple[list[dict], Counter]:
+        """Tokenizes the rewrites and drops those the model cannot see: when truncation to
+        data.max_length cuts the change off, the rewrite has the original's tokens and tests nothing."""
+        original = {side: split[f"{side}_input_ids"] for side in ("chosen", "rejected")}
+        kept, invisible = [], Counter()
+        for item in items:
+            item["input_ids"] = datamodule.encode_response(item["prompt"], item["text"])
+            if item["input_ids"] == original[item["source"]][item["pair_index"]]:
+                invisible[item["probe"]] += 1
+            else:
+                kept.append(item)
+        return kept, invisible
 
     def _diagnose(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not self.outputs:
@@ -118,9 +133,12 @@ class BiasDiagnostics(L.Callback):
         # During fit: a quick look at every validation. Testing or a standalone validate: the full report.
         full = trainer.state.fn != TrainerFn.FITTING
         items = build_probe_items(rows, self.probes, self.probe_pairs["test" if full else "val"], self.probe_seed)
+        items, invisible = self._visible(trainer.datamodule, split, items)
         item_rewards = self._score(trainer, pl_module, items) if items else None
         reward_chosen, reward_rejected = rewards[:, 0], rewards[:, 1]
         report = bias_report.build_report(pairs, reward_chosen, reward_rejected, items, item_rewards, **self.settings)
+        for name, probe in report["probes"].items():
+            probe["invisible"] = invisible[name]  # rewrites cut off by max_length, not scored
         report["stage"], report["step"] = stage, trainer.global_step
         report["probe_responses_scored"], report["seconds"] = len(items), round(time.perf_counter() - start, 1)
         self.last_report = report

@@ -136,8 +136,9 @@ def to_markdown(report: dict[str, Any], title: str = "Reward model bias report")
     if report["probes"]:
         md += ["## Adversarial probes", "",
                "acc: how often the intact chosen response still outscores the rewritten, worse one; shift: mean reward of "
-               "the rewrite minus the text it rewrote; flipped: pairs ranked right before and wrong after.", "",
-               _table([{"probe": k, **v} for k, v in report["probes"].items()], ["probe", "n", "acc", "acc_before", "shift", "flipped"]),
+               "the rewrite minus the text it rewrote; flipped: pairs ranked right before and wrong after; invisible: "
+               "rewrites whose change falls beyond data.max_length (the model would see the original), left out.", "",
+               _table([{"probe": k, **v} for k, v in report["probes"].items()], ["probe", "n", "acc", "acc_before", "shift", "flipped", "invisible"]),
                "", "![probes](probes.png)", ""]
     for column, groups in report["groups"].items():
         md += [f"## Accuracy by {column}", "", _table([{column: k, **v} for k, v in groups.items()], [column, "n", "acc", "margin"]), ""]
@@ -237,7 +238,8 @@ def log_wandb(run, report: dict[str, Any], reward_chosen: torch.Tensor, reward_r
         f"{stage}/plots/pattern_model_prefers": wandb.plot.bar(patterns, "pattern", "model_prefers", title="Model prefers the patterned response"),
     }
     if report["probes"]:
-        probes = table([{"probe": k, **v} for k, v in report["probes"].items()], ["probe", "n", "acc", "acc_before", "shift", "flipped"])
+        probes = table([{"probe": k, **v} for k, v in report["probes"].items()],
+                       ["probe", "n", "acc", "acc_before", "shift", "flipped", "invisible"])
         data[f"{stage}/tables/probes"] = probes
         data[f"{stage}/plots/probe_acc"] = wandb.plot.bar(probes, "probe", "acc", title="Probe accuracy")
     for column, groups in report["groups"].items():
