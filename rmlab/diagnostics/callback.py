@@ -134,6 +134,9 @@ class BiasDiagnostics(L.Callback):
         full = trainer.state.fn != TrainerFn.FITTING
         items = build_probe_items(rows, self.probes, self.probe_pairs["test" if full else "val"], self.probe_seed)
         items, invisible = self._visible(trainer.datamodule, split, items)
+        if full:
+            log.info("%s: scoring %d probe responses (%d left out: change cut off by data.max_length)",
+                     stage, len(items), sum(invisible.values()))
         item_rewards = self._score(trainer, pl_module, items) if items else None
         reward_chosen, reward_rejected = rewards[:, 0], rewards[:, 1]
         report = bias_report.build_report(pairs, reward_chosen, reward_rejected, items, item_rewards, **self.settings)
