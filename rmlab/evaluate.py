@@ -20,7 +20,6 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from rmlab.config import CONFIG_DIR
-from rmlab.diagnostics.report import summary_lines
 from rmlab.train import best_precision
 
 log = logging.getLogger(__name__)
@@ -69,11 +68,7 @@ def evaluate(cfg: DictConfig) -> dict:
         if logger:
             logger.log_hyperparams({"ckpt": str(cfg.ckpt), "split": split, "data": data_cfg, "model": run_cfg.model})
         (trainer.test if split == "test" else trainer.validate)(model, datamodule=datamodule)
-        report = diagnostics.last_report
-        if trainer.is_global_zero and report is not None:
-            print("\n".join(summary_lines(report)))
-            print(f"report: {run_dir / 'report.md'}")
-        return report
+        return diagnostics.last_report  # its summary table and path are logged by the callback
     finally:
         if isinstance(logger, WandbLogger):
             wandb.finish()

@@ -54,7 +54,7 @@ def test_evaluate_cli_on_the_runs_own_test_split(checkpoint, tmp_path):
     assert report["overall"]["acc"] == pytest.approx(summary["test/acc"], abs=1e-6)  # same model, same pairs
     assert set(report["probes"]) == set(PROBES)
     assert report["subset_column"] == "task" and sum(s["n"] for s in report["subsets"].values()) == N_TEST
-    assert f"pairs {N_TEST}   acc " in result.stdout and "report: " in result.stdout
+    assert f"pairs {N_TEST}   acc " in result.stdout and f"bias report: {out / 'report.md'}" in result.stdout
     assert (out / "report.md").read_text().startswith("# Bias report: ")
 
     [wandb_run] = (out / "wandb").glob("offline-run-*")
