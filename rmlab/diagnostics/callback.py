@@ -18,7 +18,6 @@ from rmlab.diagnostics import report as bias_report
 from rmlab.diagnostics.probes import build_probe_items
 
 log = logging.getLogger(__name__)
-STAGES = {"val": "val", "test": "test"}  # logging prefix -> DataModule split
 
 
 class BiasDiagnostics(L.Callback):
@@ -56,7 +55,7 @@ class BiasDiagnostics(L.Callback):
 
     def _collect(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if self.enabled and outputs is not None and outputs.get("index") is not None:
-            self.outputs.append({k: v.detach().float() if k != "index" else v.detach() for k, v in outputs.items()})
+            self.outputs.append(outputs)  # already detached by RewardModel; _gather casts to float
 
     on_validation_epoch_start = on_test_epoch_start = _start
     on_validation_batch_end = on_test_batch_end = _collect
@@ -126,7 +125,7 @@ class BiasDiagnostics(L.Callback):
                                torch.cat([o["reward_rejected"] for o in self.outputs])], dim=1)
         self.outputs = []
         index, rewards = self._gather(pl_module, index, rewards)
-        split = trainer.datamodule.splits[STAGES[stage]].select(index.tolist())
+        split = trainer.datamodule.splits[stage].select(index.tolist())
         columns = [c for c in split.column_names if not c.endswith("_input_ids")]
         pairs = split.select_columns(columns).to_dict()
         rows = [dict(zip(pairs, values)) for values in zip(*pairs.values())]
