@@ -85,9 +85,11 @@ class RewardModel(L.LightningModule):
                 if isinstance(module, nn.Dropout):
                     module.p = 0.0
         self.pooling = pooling
-        self.head = nn.Linear(self.backbone.config.hidden_size, 1)
+        # No bias: the pairwise loss cannot see a constant offset (it cancels in the margin), and
+        # without one the head is exactly the `score` layer of transformers' *ForSequenceClassification
+        # decoders, so exports (rmlab.export) give the same rewards.
+        self.head = nn.Linear(self.backbone.config.hidden_size, 1, bias=False)
         nn.init.normal_(self.head.weight, std=1.0 / (self.backbone.config.hidden_size + 1) ** 0.5)
-        nn.init.zeros_(self.head.bias)
         self.loss_fn = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
