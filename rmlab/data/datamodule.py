@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import lightning as L
 from datasets import Dataset
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from rmlab.data.collate import PairCollator
 from rmlab.data.formats import FORMATS, PairFormatError, detect_format, prompt_key, to_pair
@@ -152,10 +152,18 @@ class PreferenceDataModule(L.LightningDataModule):
     # -- loaders ---------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         columns = ["index", "chosen_input_ids", "rejected_input_ids"] + (["margin"] if self.columns["margin"] else [])
+        dataset = self.splits[split].select_columns(columns)
+        sampler = None
+        if shuffle:
+            # The same seeded permutation for any number of processes, dealt out rank by rank: N
+            # processes with batch_size b see, step by step, the pairs that 1 process with batch
+            # N*b sees (Lightning keeps a DistributedSampler it is given, and sets its epoch).
+            world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         return DataLoader(
-            self.splits[split].select_columns(columns),
+            dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             collate_fn=PairCollator(self.tokenizer.pad_token_id, self.tokenizer.padding_side),
             num_workers=self.num_workers,
         )

@@ -16,21 +16,22 @@ from lightning.pytorch.trainer.states import TrainerFn
 from rmlab.data.collate import PairCollator
 from rmlab.diagnostics import report as bias_report
 from rmlab.diagnostics.probes import build_probe_items
+from rmlab.model.module import gather_unique
 
 log = logging.getLogger(__name__)
 
 
 class BiasDiagnostics(L.Callback):
-    """Collects the per-pair rewards of validation/test (from `RewardModel`'s step outputs),
+    """Reads the per-pair rewards of validation/test (`RewardModel.eval_rewards`),
     rewrites held-out pairs with the adversarial probes and scores them, and computes the bias
     report (rmlab.diagnostics.report). Scalars go to every logger under `val/bias/...`,
     `val/probe/...`, `val/subset/...` (`test/...` after testing); W&B also gets tables, histograms
     and plots. After testing (or a standalone validate), report.json, report.md and PNG plots are
     written to `report_dir`.
 
-    Under DDP each rank gathers every rank's rewards (rows are identified by their index, so the
-    duplicates a DistributedSampler pads with are counted once) and the probe set is scored in
-    shards; tables, images and files come from rank 0.
+    Under DDP the rewards are every rank's, each pair once (the module gathers them by row index,
+    so the duplicates a DistributedSampler pads with are counted once) and the probe set is scored
+    in shards; tables, images and files come from rank 0.
     """
 
     def __init__(self, enabled: bool = True, probes: Sequence[str] | None = None, val_probe_pairs: int | None = 100,
@@ -46,19 +47,7 @@ class BiasDiagnostics(L.Callback):
                          "top_fraction": top_fraction, "worst_k": worst_k, "subset_columns": tuple(subset_columns)}
         self.report_dir = Path(report_dir) if report_dir else None
         self.report_title = report_title
-        self.outputs: list[dict[str, torch.Tensor]] = []
         self.last_report: dict[str, Any] | None = None
-
-    # -- collecting ----------------------------------------------------------------------------
-    def _start(self, *args) -> None:
-        self.outputs = []
-
-    def _collect(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if self.enabled and outputs is not None and outputs.get("index") is not None:
-            self.outputs.append(outputs)  # already detached by RewardModel; _gather casts to float
-
-    on_validation_epoch_start = on_test_epoch_start = _start
-    on_validation_batch_end = on_test_batch_end = _collect
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.enabled and not trainer.sanity_checking:
@@ -69,21 +58,6 @@ class BiasDiagnostics(L.Callback):
             self._diagnose(trainer, pl_module, "test")
 
     # -- computing -----------------------------------------------------------------------------
-    @staticmethod
-    def _gather(pl_module: L.LightningModule, index: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every rank's (index, values), duplicates removed, sorted by index."""
-        if pl_module.trainer.world_size > 1:
-            size = pl_module.all_gather(torch.tensor(len(index), device=pl_module.device)).max()
-            pad = int(size) - len(index)
-            index = torch.cat([index.to(pl_module.device), torch.full((pad,), -1, device=pl_module.device, dtype=index.dtype)])
-            values = torch.cat([values.to(pl_module.device), values.new_zeros((pad, *values.shape[1:])).to(pl_module.device)])
-            index, values = pl_module.all_gather(index).flatten(0, 1), pl_module.all_gather(values).flatten(0, 1)
-        index, values = index.cpu(), values.float().cpu()
-        order = torch.argsort(index, stable=True)
-        index, values = index[order], values[order]
-        keep = (index >= 0) & torch.cat([torch.tensor([True]), index[1:] != index[:-1]])
-        return index[keep], values[keep]
-
     def _score(self, trainer: L.Trainer, pl_module: L.LightningModule, items: list[dict]) -> torch.Tensor:
         """Rewards of the probe responses; each rank scores every world_size-th item."""
         datamodule = trainer.datamodule
@@ -97,7 +71,7 @@ class BiasDiagnostics(L.Callback):
                 batch = collator.pad([items[j]["input_ids"] for j in chunk])
                 rewards.append(pl_module(batch["input_ids"].to(pl_module.device), batch["attention_mask"].to(pl_module.device)).float())
         local = torch.cat(rewards) if rewards else torch.zeros(0, device=pl_module.device)
-        index, values = self._gather(pl_module, torch.tensor(mine, dtype=torch.long), local)
+        index, values = gather_unique(pl_module, torch.tensor(mine, dtype=torch.long), local)
         if len(index) != len(items):
             raise RuntimeError(f"scored {len(index)} of {len(items)} probe responses")
         return values
@@ -117,14 +91,10 @@ class BiasDiagnostics(L.Callback):
         return kept, invisible
 
     def _diagnose(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not self.outputs:
-            return
         start = time.perf_counter()
-        index = torch.cat([o["index"] for o in self.outputs])
-        rewards = torch.stack([torch.cat([o["reward_chosen"] for o in self.outputs]),
-                               torch.cat([o["reward_rejected"] for o in self.outputs])], dim=1)
-        self.outputs = []
-        index, rewards = self._gather(pl_module, index, rewards)
+        index, rewards = pl_module.eval_rewards(stage)  # the whole split, gathered from every rank
+        if len(index) == 0:
+            return
         split = trainer.datamodule.splits[stage].select(index.tolist())
         columns = [c for c in split.column_names if not c.endswith("_input_ids")]
         pairs = split.select_columns(columns).to_dict()

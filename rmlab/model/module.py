@@ -8,7 +8,6 @@ from typing import Any, Callable
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
 
 from rmlab.model.backbone import load_backbone
 
@@ -18,42 +17,34 @@ def pair_correct(margin: torch.Tensor) -> torch.Tensor:
     return (margin > 0).float() + 0.5 * (margin == 0).float()
 
 
-class PairMetrics(nn.Module):
-    """Running, DDP-synced means over a split: accuracy, loss, margin, reward moments."""
+def pair_metrics(stage: str, reward_chosen: torch.Tensor, reward_rejected: torch.Tensor, loss: torch.Tensor) -> dict[str, float]:
+    """Accuracy, loss, mean margin and reward moments of one split, from every pair's rewards."""
+    margin = reward_chosen - reward_rejected
+    out = {f"{stage}/acc": pair_correct(margin).mean(), f"{stage}/loss": loss, f"{stage}/margin": margin.mean()}
+    for side, rewards in (("chosen", reward_chosen), ("rejected", reward_rejected)):
+        out[f"{stage}/reward_{side}_mean"] = rewards.mean()
+        out[f"{stage}/reward_{side}_std"] = rewards.std(correction=0)
+    return {key: float(value) for key, value in out.items()}
 
-    names = ("acc", "loss", "margin", "reward_chosen", "reward_chosen_sq", "reward_rejected", "reward_rejected_sq")
 
-    def __init__(self):
-        super().__init__()
-        self.means = nn.ModuleDict({name: MeanMetric() for name in self.names})
+def gather_unique(module: L.LightningModule, index: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's (index, values) rows on every rank, each index once, sorted by index (on CPU).
 
-    def update(self, reward_chosen: torch.Tensor, reward_rejected: torch.Tensor, loss: torch.Tensor) -> None:
-        margin = reward_chosen - reward_rejected
-        n = margin.numel()
-        values = {
-            "acc": pair_correct(margin),
-            "margin": margin,
-            "reward_chosen": reward_chosen,
-            "reward_chosen_sq": reward_chosen**2,
-            "reward_rejected": reward_rejected,
-            "reward_rejected_sq": reward_rejected**2,
-        }
-        for name, value in values.items():
-            self.means[name].update(value)
-        self.means["loss"].update(loss.detach(), weight=n)
-
-    def compute(self, stage: str) -> dict[str, torch.Tensor]:
-        m = {name: metric.compute() for name, metric in self.means.items()}
-        out = {f"{stage}/{name}": m[name] for name in ("acc", "loss", "margin")}
-        for side in ("chosen", "rejected"):
-            mean = m[f"reward_{side}"]
-            out[f"{stage}/reward_{side}_mean"] = mean
-            out[f"{stage}/reward_{side}_std"] = (m[f"reward_{side}_sq"] - mean**2).clamp(min=0).sqrt()
-        return out
-
-    def reset(self) -> None:
-        for metric in self.means.values():
-            metric.reset()
+    A DistributedSampler pads the last shard with repeats of the first rows so that every rank gets
+    as many batches; their index is seen twice and is kept once, so a split is counted exactly.
+    """
+    if module.trainer.world_size > 1:
+        device = module.device
+        size = int(module.all_gather(torch.tensor(len(index), device=device)).max())
+        pad = size - len(index)
+        index = torch.cat([index.to(device), torch.full((pad,), -1, device=device, dtype=index.dtype)])
+        values = torch.cat([values.to(device), values.new_zeros((pad, *values.shape[1:])).to(device)])
+        index, values = module.all_gather(index).flatten(0, 1), module.all_gather(values).flatten(0, 1)
+    index, values = index.cpu(), values.float().cpu()
+    order = torch.argsort(index, stable=True)
+    index, values = index[order], values[order]
+    keep = (index >= 0) & torch.cat([torch.tensor([True]), index[1:] != index[:-1]])
+    return index[keep], values[keep]
 
 
 class RewardModel(L.LightningModule):
@@ -95,7 +86,10 @@ class RewardModel(L.LightningModule):
         self.scheduler_factory = scheduler
         # Models that build positions from arange (Llama, BERT) would shift left-padded rows.
         self._accepts_position_ids = "position_ids" in inspect.signature(self.backbone.forward).parameters
-        self.metrics = nn.ModuleDict({stage: PairMetrics() for stage in ("val", "test")})
+        # Per-pair eval outputs of the current epoch: (index, [reward_chosen, reward_rejected, data margin]).
+        self._eval_pairs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
+        self._eval_gathered: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {"val": None, "test": None}
+        self._eval_has_margin = False
         self.pairs_seen = 0
         self.run_config: dict | None = None  # the resolved Hydra config, set by rmlab.train
 
@@ -130,22 +124,53 @@ class RewardModel(L.LightningModule):
 
     def _eval_step(self, stage: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         loss, reward_chosen, reward_rejected = self._pair_step(batch)
-        self.metrics[stage].update(reward_chosen, reward_rejected, loss)
-        # Per-pair rewards with the row ids, for callbacks (rmlab.diagnostics.BiasDiagnostics).
-        return {"index": batch.get("index"), "reward_chosen": reward_chosen.detach(), "reward_rejected": reward_rejected.detach()}
+        index = batch.get("index")
+        if index is None:  # a DataModule without row ids: rows numbered per rank, never merged
+            seen = sum(len(i) for i, _ in self._eval_pairs[stage])
+            index = torch.arange(seen, seen + len(reward_chosen)) + self.global_rank * 2**40
+        margin = batch.get("margin")
+        self._eval_has_margin = margin is not None
+        values = torch.stack([reward_chosen, reward_rejected, margin if margin is not None else torch.zeros_like(reward_chosen)], 1)
+        self._eval_pairs[stage].append((index.detach(), values.detach()))
+        return {"index": index, "reward_chosen": reward_chosen.detach(), "reward_rejected": reward_rejected.detach()}
+
+    def eval_rewards(self, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(index, [reward_chosen, reward_rejected, data margin]) of every pair of the split scored in
+        this epoch, from all ranks, each pair once, sorted by index. Collective under DDP: every rank
+        calls it (the module at epoch end; callbacks such as BiasDiagnostics before that)."""
+        if self._eval_gathered[stage] is None:
+            pairs = self._eval_pairs[stage]
+            index = torch.cat([i for i, _ in pairs]) if pairs else torch.zeros(0, dtype=torch.long)
+            values = torch.cat([v for _, v in pairs]) if pairs else torch.zeros(0, 3)
+            self._eval_gathered[stage] = gather_unique(self, index, values)
+        return self._eval_gathered[stage]
+
+    def _eval_epoch_start(self, stage: str) -> None:
+        self._eval_pairs[stage], self._eval_gathered[stage] = [], None
 
     def _eval_epoch_end(self, stage: str) -> None:
-        values = self.metrics[stage].compute(stage)
-        self.metrics[stage].reset()
+        # Computed once over the whole split (not averaged per batch or per rank): exact under DDP.
+        _, values = self.eval_rewards(stage)
+        if len(values) == 0:
+            return
+        reward_chosen, reward_rejected = values[:, 0], values[:, 1]
+        loss = self.loss_fn(reward_chosen, reward_rejected, values[:, 2] if self._eval_has_margin else None)
+        metrics = pair_metrics(stage, reward_chosen, reward_rejected, loss)
         acc_key = f"{stage}/acc"
-        self.log(acc_key, values.pop(acc_key), prog_bar=True)
-        self.log_dict(values)
+        self.log(acc_key, metrics.pop(acc_key), prog_bar=True)
+        self.log_dict(metrics)
 
     def validation_step(self, batch, batch_idx):
         return self._eval_step("val", batch)
 
     def test_step(self, batch, batch_idx):
         return self._eval_step("test", batch)
+
+    def on_validation_epoch_start(self):
+        self._eval_epoch_start("val")
+
+    def on_test_epoch_start(self):
+        self._eval_epoch_start("test")
 
     def on_validation_epoch_end(self):
         self._eval_epoch_end("val")
