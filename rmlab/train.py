@@ -42,6 +42,37 @@ def check_launch(cfg: DictConfig) -> None:
         )
 
 
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
+    """The checkpoint that fit continues from: `ckpt_path=<file>`, or with `resume=auto` the run
+    dir's checkpoints/last.ckpt when there is one (a fresh start otherwise)."""
+    if cfg.get("ckpt_path"):
+        path = Path(cfg.ckpt_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r}: no such file ({path.resolve()})")
+        return str(path)
+    resume = cfg.get("resume")
+    if resume in (None, False, "never"):
+        return None
+    if resume != "auto":
+        raise ValueError(f"resume={resume!r}; choose auto (continue from <run dir>/checkpoints/last.ckpt) or null, "
+                         "or give ckpt_path=<file.ckpt>")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        log.info("resume=auto: no %s yet, starting fresh", last)
+        return None
+    return str(last)
+
+
+def _resumed_logger_settings(cfg: DictConfig, run_dir: Path) -> dict:
+    """Keep the first attempt's logs: CSV into a new version dir (Lightning would delete the old
+    metrics.csv), W&B under the same run id (offline runs sync into one W&B run)."""
+    target = str(cfg.logger.get("_target_", ""))
+    if target.endswith("CSVLogger"):
+        return {"version": time.strftime("resumed-%Y%m%d-%H%M%S")}
+    previous = sorted((run_dir / "wandb").glob("*run-*"), key=lambda p: p.stat().st_mtime) if target.endswith("WandbLogger") else []
+    return {"id": previous[-1].name.rsplit("-", 1)[-1], "resume": "allow"} if previous else {}
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit, test the best checkpoint, write summary.json into the run dir; return the summary."""
     start = time.time()
@@ -56,7 +87,9 @@ def train(cfg: DictConfig) -> dict:
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     if cfg.get("diagnostics"):
         callbacks.append(instantiate(cfg.diagnostics))
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    resume_from = resume_checkpoint(cfg, run_dir)
+    logger_settings = _resumed_logger_settings(cfg, run_dir) if resume_from and cfg.get("logger") else {}
+    logger = instantiate(cfg.logger, **logger_settings) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     model.run_config = resolved  # stored in every checkpoint (see RewardModel.on_save_checkpoint)
@@ -70,7 +103,9 @@ def train(cfg: DictConfig) -> dict:
             logger.log_hyperparams(resolved)
             logger.log_metrics({k: float(v) for k, v in data_stats.items()}, step=0)
 
-        trainer.fit(model, datamodule=datamodule)
+        if resume_from:
+            log.info("resuming from %s", resume_from)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
         summary = {

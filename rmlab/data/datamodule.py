@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Callable
 
 import lightning as L
@@ -17,6 +18,19 @@ from rmlab.model.backbone import load_tokenizer
 
 log = logging.getLogger(__name__)
 DEFAULT_COLUMNS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "margin": None}
+
+
+class ResumableSampler(DistributedSampler):
+    """A DistributedSampler that starts each pass `skip()` samples in: 0 at an epoch's start, the
+    samples already trained on when a run resumes mid-epoch (so it trains on the rest of that
+    epoch's order, not on its start again). Asked when the pass starts, after Lightning restored the step."""
+
+    def __init__(self, *args, skip: Callable[[], int] = lambda: 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.skip = skip
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.skip():])
 
 
 class PreferenceDataModule(L.LightningDataModule):
@@ -159,7 +173,8 @@ class PreferenceDataModule(L.LightningDataModule):
             # processes with batch_size b see, step by step, the pairs that 1 process with batch
             # N*b sees (Lightning keeps a DistributedSampler it is given, and sets its epoch).
             world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+            sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed,
+                                       skip=lambda: self._batches_done_in_epoch(len(sampler)) * self.batch_size)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
@@ -167,6 +182,15 @@ class PreferenceDataModule(L.LightningDataModule):
             collate_fn=PairCollator(self.tokenizer.pad_token_id, self.tokenizer.padding_side),
             num_workers=self.num_workers,
         )
+
+    def _batches_done_in_epoch(self, samples_per_rank: int) -> int:
+        """The batches of the current epoch that training already stepped through: 0 at an epoch's
+        start; on a mid-epoch resume, those before the restored step."""
+        if self.trainer is None or self.trainer.global_step == 0:
+            return 0
+        accumulate = self.trainer.accumulate_grad_batches
+        steps_per_epoch = math.ceil(math.ceil(samples_per_rank / self.batch_size) / accumulate)
+        return (self.trainer.global_step % steps_per_epoch) * accumulate
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

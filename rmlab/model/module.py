@@ -95,6 +95,10 @@ class RewardModel(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rmlab_config"] = self.run_config
+        checkpoint["rmlab_pairs_seen"] = self.pairs_seen
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.pairs_seen = checkpoint.get("rmlab_pairs_seen", 0)  # resume: keep counting
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """One reward per row."""
