@@ -110,3 +110,17 @@ def load_backbone(
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def apply_lora(model: PreTrainedModel, r: int = 0, alpha: float = 16.0, dropout: float = 0.0,
+               target_modules: str | list[str] = "all-linear") -> PreTrainedModel:
+    """Freeze the backbone and train LoRA adapters instead (Hu et al., 2021), through `peft`.
+    r=0 leaves the model untouched. The reward head lives outside the backbone and stays fully trained."""
+    if r <= 0:
+        return model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ImportError("model.lora.r > 0 needs peft: pip install 'rmlab[lora]' (or pip install peft)") from None
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none")
+    return get_peft_model(model, config)

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from rmlab.model.backbone import load_backbone
+from rmlab.model.backbone import apply_lora, load_backbone
 
 
 def pair_correct(margin: torch.Tensor) -> torch.Tensor:
@@ -64,17 +64,22 @@ class RewardModel(L.LightningModule):
         warmup_ratio: float = 0.1,
         weight_decay: float = 0.0,
         disable_dropout: bool = True,
+        lora: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters({"backbone": backbone, "warmup_ratio": warmup_ratio, "weight_decay": weight_decay})
         self.backbone = load_backbone(**backbone)
         self.backbone.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes
+        # Models that build positions from arange (Llama, BERT) would shift left-padded rows.
+        # (Read before a LoRA wrapper hides the signature behind **kwargs.)
+        self._accepts_position_ids = "position_ids" in inspect.signature(self.backbone.forward).parameters
         if disable_dropout:
             # As in TRL's RewardTrainer default: dropout makes chosen and rejected rows of one
             # pair see different noise, which adds variance to the margin the loss reads.
             for module in self.backbone.modules():
                 if isinstance(module, nn.Dropout):
                     module.p = 0.0
+        self.backbone = apply_lora(self.backbone, **(lora or {}))
         self.pooling = pooling
         # No bias: the pairwise loss cannot see a constant offset (it cancels in the margin), and
         # without one the head is exactly the `score` layer of transformers' *ForSequenceClassification
@@ -84,8 +89,6 @@ class RewardModel(L.LightningModule):
         self.loss_fn = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        # Models that build positions from arange (Llama, BERT) would shift left-padded rows.
-        self._accepts_position_ids = "position_ids" in inspect.signature(self.backbone.forward).parameters
         # Per-pair eval outputs of the current epoch: (index, [reward_chosen, reward_rejected, data margin]).
         self._eval_pairs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
         self._eval_gathered: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {"val": None, "test": None}
