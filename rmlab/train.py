@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import time
 from pathlib import Path
@@ -40,6 +41,16 @@ def check_launch(cfg: DictConfig) -> None:
             f"trainer.strategy={strategy} cannot run inside a Hydra multirun (-m): each DDP child would re-run "
             "the whole sweep. Use trainer.strategy=ddp_spawn for sweeps on one node, or one job per trial."
         )
+
+
+def check_shared_run_dir() -> None:
+    """Under torchrun or a multi-task SLURM job every rank composes its own config; an unpinned
+    run dir (`${now:...}`) would split one run into a dir per rank."""
+    external = "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    pinned = any(o.startswith("hydra.run.dir=") for o in HydraConfig.get().overrides.hydra)
+    if external and not pinned:
+        raise ValueError("launched by torchrun/SLURM without hydra.run.dir: each rank would pick its own timestamped "
+                         "run dir. Pass the same dir to every rank, e.g. hydra.run.dir=/shared/runs/$SLURM_JOB_ID")
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
@@ -134,6 +145,7 @@ def train(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     check_launch(cfg)
+    check_shared_run_dir()
     return train(cfg)["val/acc"]
 
 
