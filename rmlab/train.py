@@ -17,10 +17,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rmlab.config import CONFIG_DIR
 from rmlab.hardware import cpu_bf16_speedup
+from rmlab.sweep import name_sweep_run
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,24 @@ def best_precision(accelerator: str) -> str:
 
 
 def check_launch(cfg: DictConfig) -> None:
-    """Refuse Hydra multirun + ddp: Lightning's re-launched children would each re-run the sweep."""
-    strategy = str(cfg.trainer.get("strategy", "auto"))
-    if HydraConfig.get().mode == RunMode.MULTIRUN and strategy.startswith("ddp") and "spawn" not in strategy:
+    """Refuse a Hydra multirun (-m) whose jobs would start several processes: with ddp every re-launched
+    child re-runs the whole sweep; with ddp_spawn the fit results stay in the spawned processes."""
+    trainer = cfg.trainer
+    strategy, devices = str(trainer.get("strategy", "auto")), trainer.get("devices", "auto")
+    if isinstance(devices, ListConfig):  # GPU ids
+        processes = len(devices)
+    elif str(devices) in ("auto", "-1"):  # every device of the accelerator; on CPU, "auto" is one
+        processes = torch.cuda.device_count() if str(trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda") else 1
+    else:  # a count, or GPU ids as "0,1"
+        processes = int(devices) if str(devices).isdigit() else len(str(devices).split(","))
+    processes = max(processes, 1) * int(trainer.get("num_nodes", 1))
+    if HydraConfig.get().mode == RunMode.MULTIRUN and ("ddp" in strategy or processes > 1):
         raise ValueError(
-            f"trainer.strategy={strategy} cannot run inside a Hydra multirun (-m): each DDP child would re-run "
-            "the whole sweep. Use trainer.strategy=ddp_spawn for sweeps on one node, or one job per trial."
+            f"trainer.strategy={strategy} with {processes} process(es) cannot run inside a Hydra multirun (-m): "
+            "with ddp each child process would re-run the whole sweep, and with ddp_spawn Lightning does not hand "
+            "the best val/acc, step count and model state back to the sweep's process. Sweep with trainer.devices=1 "
+            "(and no ddp strategy), or run one job per trial, each its own command: "
+            "`for seed in 0 1; do python -m rmlab.train trainer.strategy=ddp trainer.devices=2 seed=$seed; done`."
         )
 
 
@@ -98,6 +111,7 @@ def train(cfg: DictConfig) -> dict:
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     if cfg.get("diagnostics"):
         callbacks.append(instantiate(cfg.diagnostics))
+    name_sweep_run(cfg)  # multirun: W&B group = sweep dir, run name = overrides
     resume_from = resume_checkpoint(cfg, run_dir)
     logger_settings = _resumed_logger_settings(cfg, run_dir) if resume_from and cfg.get("logger") else {}
     logger = instantiate(cfg.logger, **logger_settings) if cfg.get("logger") else False
@@ -125,7 +139,7 @@ def train(cfg: DictConfig) -> dict:
             "train/pairs_seen": model.pairs_seen,
         }
         if cfg.test_after_fit:
-            trainer.test(model, datamodule=datamodule, ckpt_path="best" if best else None)
+            trainer.test(model, datamodule=datamodule, ckpt_path=best)  # the path: "best" is ambiguous with last.ckpt
             summary.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
         summary.update(data_stats)
         summary.update({

@@ -15,6 +15,7 @@ from rmlab.config import CONFIG_DIR
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONFIG_DIR).iterdir() if g.is_dir()}
 OPTIONS = [(group, option) for group, options in sorted(GROUPS.items()) for option in options]
 REQUIRED = {("data", "local"): ["data.path=pairs.jsonl"]}
+PLUGIN_GROUPS = {"hparams_search": "hydra_plugins.hydra_optuna_sweeper"}  # not in the defaults list: +group=option
 
 
 def test_every_group_has_options():
@@ -44,8 +45,11 @@ def _check_binds(path: str, node: DictConfig) -> None:
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_binds(group, option, tmp_path):
-    cfg = compose_train([f"{group}={option}", *REQUIRED.get((group, option), [])], tmp_path)
-    assert OmegaConf.select(cfg, group if group not in ("pooling", "experiment") else "model.pooling") is not None
+    if group in PLUGIN_GROUPS:
+        pytest.importorskip(PLUGIN_GROUPS[group])
+    prefix = "+" if group in PLUGIN_GROUPS else ""
+    cfg = compose_train([f"{prefix}{group}={option}", *REQUIRED.get((group, option), [])], tmp_path)
+    assert OmegaConf.select(cfg, group if group not in ("pooling", "experiment", "hparams_search") else "model.pooling") is not None
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     targets = _targets(resolved)
     assert {"model", "model.pooling", "model.loss", "data", "trainer"} <= {p for p, _ in targets}
