@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 
 from conftest import compose_train
+from rmlab.launch import resume_checkpoint, resumed_logger_settings
 from rmlab.train import train
 
 # 32 train pairs, batch 8: 4 steps per epoch, 8 in all. last.ckpt every 3 steps: step 3 is
@@ -49,8 +50,6 @@ def test_resume_auto_after_a_crash_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_resume_auto_without_a_checkpoint_starts_fresh_and_a_missing_ckpt_path_is_refused(tmp_path):
-    from rmlab.train import resume_checkpoint
-
     cfg = compose_train(["resume=auto"], tmp_path)
     assert resume_checkpoint(cfg, tmp_path) is None
     (tmp_path / "checkpoints").mkdir()
@@ -60,3 +59,11 @@ def test_resume_auto_without_a_checkpoint_starts_fresh_and_a_missing_ckpt_path_i
         resume_checkpoint(compose_train(["ckpt_path=nope.ckpt"], tmp_path), tmp_path)
     with pytest.raises(ValueError, match="resume='yes'"):
         resume_checkpoint(compose_train(["resume=yes"], tmp_path), tmp_path)
+
+
+def test_a_resumed_run_keeps_the_first_attempts_logs(tmp_path):
+    # W&B: the same run id as the first attempt's offline run, so both sync into one W&B run.
+    (tmp_path / "wandb" / "offline-run-20261121_101500-abc123").mkdir(parents=True)
+    assert resumed_logger_settings(compose_train(["logger=wandb"], tmp_path), tmp_path) == {"id": "abc123", "resume": "allow"}
+    # CSV: a new version dir (Lightning would delete the first attempt's metrics.csv).
+    assert resumed_logger_settings(compose_train(["logger=csv"], tmp_path), tmp_path)["version"].startswith("resumed-")

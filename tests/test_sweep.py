@@ -18,7 +18,7 @@ from omegaconf import read_write
 from conftest import compose_train
 from wandb_offline import read_run, records
 from rmlab.sweep import by_setting, read_jobs, write_summary
-from rmlab.train import check_launch
+from rmlab.launch import check_launch
 
 TINY = ["experiment=smoke", "data.source.n_train=16", "data.source.n_val=16", "data.source.n_test=16"]
 
