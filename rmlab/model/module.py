@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any, Callable
 
 import lightning as L
@@ -10,6 +11,8 @@ import torch
 from torch import nn
 
 from rmlab.model.backbone import apply_lora, load_backbone
+
+log = logging.getLogger(__name__)
 
 
 def pair_correct(margin: torch.Tensor) -> torch.Tensor:
@@ -99,6 +102,15 @@ class RewardModel(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rmlab_config"] = self.run_config
         checkpoint["rmlab_pairs_seen"] = self.pairs_seen
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Also reads checkpoints from before the head lost its bias (rmlab < 2026-11-21)."""
+        if "head.bias" in state_dict:
+            state_dict = dict(state_dict)
+            bias = float(state_dict.pop("head.bias").reshape(-1)[0])
+            log.warning("checkpoint has a reward-head bias (%.4g), dropped: every reward shifts by that constant; "
+                        "margins, accuracy and the loss are unchanged", bias)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.pairs_seen = checkpoint.get("rmlab_pairs_seen", 0)  # resume: keep counting
