@@ -1,0 +1,240 @@
+"""Score a file with a reward model: `python -m rmlab.score model_path=<export dir | .ckpt> data.path=rows.jsonl out=scores.jsonl`.
+
+Rows are (prompt, response) -> `reward`, or preference pairs in any training format -> `reward_chosen`,
+`reward_rejected`, `margin`. Every input row and field is written back in input order; over-long
+inputs are truncated as in training (prompt cut from the left) and counted. The model is an
+rmlab.export folder (plain transformers plus the tokenization settings stored in its config.json)
+or an rmlab.train checkpoint (rmlab's RewardModel); both give the same rewards.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import gzip
+import inspect
+import json
+import logging
+import lzma
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from rmlab.config import CONFIG_DIR
+from rmlab.data.collate import PairCollator
+from rmlab.data.formats import FORMATS, PairFormatError, detect_format, to_pair
+from rmlab.data.sources import LocalFiles
+from rmlab.evaluate import load_checkpoint
+from rmlab.export import encoder, load_reward_model, rmlab_tokenizer
+
+log = logging.getLogger(__name__)
+OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+SINGLE = "single"  # one (prompt, response) per row
+
+
+def read_rows(path: str) -> list[tuple[str, Any]]:
+    """(location, row) for every row of a JSONL / JSON / Parquet / CSV file, in file order.
+
+    JSON Lines are read line by line (location `line N`, so errors point at the line); the
+    rest as rmlab.data.sources reads them (location `row N`, 1-based, header not counted).
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"data.path={path!r}: no such file ({file.resolve()})")
+    compression = file.suffix if file.suffix in OPENERS else ""
+    kind = Path(file.name.removesuffix(compression)).suffix
+    if kind not in (".json", ".jsonl"):
+        dataset = LocalFiles(str(file))()["train"]
+        return [(f"row {i + 1}", row) for i, row in enumerate(dataset)]
+    with OPENERS.get(compression, open)(file, "rt", encoding="utf-8") as handle:
+        text = handle.read()
+    if kind == ".json":  # a JSON array; anything else is read as JSON Lines, as `datasets` does
+        with contextlib.suppress(json.JSONDecodeError):
+            whole = json.loads(text)
+            if isinstance(whole, list):
+                return [(f"row {i + 1}", row) for i, row in enumerate(whole)]
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append((f"line {number}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} line {number}: not valid JSON ({err.msg} at column {err.colno})") from None
+    return rows
+
+
+def row_format(first: Any, fmt: str, columns: dict) -> str:
+    """`single` for prompt + response rows, else the pair format (named, or detected from the first row)."""
+    if fmt != "auto":
+        if fmt not in (SINGLE, *FORMATS):
+            raise ValueError(f"data.format={fmt!r}; choose auto, {SINGLE} or one of {FORMATS}")
+        return fmt
+    if isinstance(first, dict) and columns["response"] in first and columns["chosen"] not in first:
+        return SINGLE
+    return detect_format(first if isinstance(first, dict) else {}, columns)
+
+
+def to_item(row: Any, fmt: str, columns: dict) -> dict:
+    """{prompt: messages, responses: [response] or [chosen, rejected]} of one row."""
+    if not isinstance(row, dict):
+        raise PairFormatError(f"expected an object with named fields, got {type(row).__name__}")
+    if fmt == SINGLE:
+        prompt, response = row.get(columns["prompt"]), row.get(columns["response"])
+        if prompt is None or response is None:
+            raise PairFormatError(f"missing {columns['prompt']!r} or {columns['response']!r}")
+        if not isinstance(response, str):
+            raise PairFormatError(f"column {columns['response']!r} must be a string, got {type(response).__name__}")
+        pair = to_pair({columns["prompt"]: prompt, "chosen": response, "rejected": response}, "prompt_response",
+                       {"prompt": columns["prompt"], "chosen": "chosen", "rejected": "rejected"})
+        return {"prompt": pair["prompt"], "responses": [response]}
+    pair = to_pair(row, fmt, columns)
+    return {"prompt": pair["prompt"], "responses": [pair["chosen"], pair["rejected"]]}
+
+
+class Scorer:
+    """A reward model and the tokenization it was trained with, from an rmlab.export folder
+    (plain transformers + the settings in config.json) or an rmlab.train checkpoint (RewardModel)."""
+
+    def __init__(self, model_path: str, trust_remote_code: bool = False, device: str = "cpu"):
+        path = Path(model_path).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"model_path={model_path!r}: no such export folder or checkpoint ({path.resolve()})")
+        if path.is_dir():
+            config_file = path / "config.json"
+            config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+            if "rmlab" not in config:
+                raise ValueError(f"model_path={model_path!r}: not a folder written by rmlab.export (config.json has no 'rmlab' entry)")
+            if "auto_map" in config and not trust_remote_code:
+                raise ValueError(f"model_path={model_path!r} computes its reward (pooling={config['rmlab']['pooling']}) with "
+                                 "the modeling file rmlab.export wrote into it; run with trust_remote_code=true to load it")
+            self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code)
+            self.tokenizer, self.settings, self.exported = AutoTokenizer.from_pretrained(path), config["rmlab"], True
+            # transformers' own heads number positions 0..L-1 even for left-padded rows; rmlab's come from the mask.
+            self.positions_from_mask = "position_ids" in inspect.signature(self.model.forward).parameters
+        else:
+            self.model, run_cfg = load_reward_model(load_checkpoint(model_path))
+            (self.tokenizer, self.settings), self.exported = rmlab_tokenizer(run_cfg), False
+        self.device = torch.device(device)
+        self.model.eval().to(self.device)
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """One fp32 reward per row."""
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        if self.exported:
+            extra = {"position_ids": (attention_mask.cumsum(dim=1) - 1).clamp(min=0)} if self.positions_from_mask else {}
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0].float()
+        return self.model(input_ids, attention_mask).float()
+
+
+@torch.no_grad()
+def score_sequences(scorer: Scorer, sequences: list[list[int]], batch_size: int = 16, sort_window: int = 1024,
+                    precision: str = "fp32") -> list[float]:
+    """One reward per token-id sequence, in input order. Within each window of `sort_window`
+    sequences, batches are formed longest first so that a batch holds similar lengths."""
+    collator = PairCollator(scorer.tokenizer.pad_token_id, scorer.settings["padding_side"])
+    autocast = (torch.autocast(scorer.device.type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
+    rewards = [0.0] * len(sequences)
+    with tqdm(total=len(sequences), desc="scoring", unit="seq") as bar:
+        for start in range(0, len(sequences), sort_window):
+            window = range(start, min(start + sort_window, len(sequences)))
+            order = sorted(window, key=lambda i: len(sequences[i]), reverse=True)
+            for first in range(0, len(order), batch_size):
+                rows = order[first:first + batch_size]
+                batch = collator.pad([sequences[i] for i in rows])
+                with autocast:
+                    out = scorer(batch["input_ids"], batch["attention_mask"])
+                for i, reward in zip(rows, out.tolist()):
+                    rewards[i] = reward
+                bar.update(len(rows))
+    return rewards
+
+
+def write_rows(path: str, rows: list[dict]) -> None:
+    """JSON Lines, gzipped when the name ends in .gz."""
+    file = Path(path).expanduser()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with (gzip.open if file.suffix == ".gz" else open)(file, "wt", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
+def read_items(path: str, fmt: str, columns: dict, fields: dict) -> tuple[list[tuple[str, Any]], list[dict], str]:
+    """Rows of the file, each read as an item (to_item), and the format; a bad row stops with its line."""
+    rows = read_rows(path)
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    fmt = row_format(rows[0][1], fmt, columns)
+    added = [fields["reward"]] if fmt == SINGLE else [fields["reward_chosen"], fields["reward_rejected"], fields["margin"]]
+    items = []
+    for location, row in rows:
+        try:
+            items.append(to_item(row, fmt, columns))
+        except (PairFormatError, TypeError, ValueError) as err:
+            raise ValueError(f"{path} {location}: {err} (format {fmt!r})") from None
+        taken = [name for name in added if name in row]
+        if taken:
+            raise ValueError(f"{path} {location}: already has a field {taken[0]!r}, which scoring would overwrite; "
+                             f"name the output differently with fields.<name>=... (fields: {fields})")
+    return rows, items, fmt
+
+
+def tokenize_items(scorer: Scorer, rows: list[tuple[str, Any]], items: list[dict], path: str) -> tuple[list[list[int]], dict]:
+    """Token ids of every response (a pair's chosen, then its rejected) and the locations of rows
+    truncated to max_length as in training: {"prompt": [...], "response": [...]}, also logged."""
+    encode = encoder(scorer.tokenizer, scorer.settings)
+    sequences, truncated = [], {"prompt": [], "response": []}
+    for (location, _), item in zip(tqdm(rows, desc="tokenizing", unit="row"), items):
+        encoded = encode(item["prompt"], *item["responses"])
+        sequences += [encoded["chosen_input_ids"], encoded["rejected_input_ids"]][:len(item["responses"])]
+        for part in ("prompt", "response"):
+            if encoded[f"{part}_truncated"]:
+                truncated[part].append(location)
+    if truncated["prompt"] or truncated["response"]:
+        log.warning("%s: %d rows longer than max_length=%d, truncated as in training (kept): prompt cut from the left "
+                    "in %d (first: %s), response cut at its end in %d (first: %s)", path,
+                    len(set(truncated["prompt"] + truncated["response"])), scorer.settings["max_length"],
+                    len(truncated["prompt"]), ", ".join(truncated["prompt"][:5]) or "-",
+                    len(truncated["response"]), ", ".join(truncated["response"][:5]) or "-")
+    return sequences, truncated
+
+
+def score(cfg: DictConfig) -> dict:
+    """Score every row of cfg.data.path into cfg.out; return counts."""
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision={cfg.precision!r}; choose fp32 or bf16")
+    fields = OmegaConf.to_container(cfg.fields)
+    path = cfg.data.path
+    rows, items, fmt = read_items(path, cfg.data.format, OmegaConf.to_container(cfg.data.columns), fields)
+
+    device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    scorer = Scorer(cfg.model_path, cfg.trust_remote_code, device)
+    sequences, truncated = tokenize_items(scorer, rows, items, path)
+    rewards = score_sequences(scorer, sequences, cfg.batch_size, cfg.sort_window, cfg.precision)
+    scored = []
+    for index, (_, row) in enumerate(rows):
+        if fmt == SINGLE:
+            scored.append({**row, fields["reward"]: rewards[index]})
+        else:
+            chosen, rejected = rewards[2 * index], rewards[2 * index + 1]
+            scored.append({**row, fields["reward_chosen"]: chosen, fields["reward_rejected"]: rejected,
+                           fields["margin"]: chosen - rejected})
+    write_rows(cfg.out, scored)
+    summary = {"rows": len(rows), "sequences": len(sequences), "format": fmt, "truncated_prompt": len(truncated["prompt"]),
+               "truncated_response": len(truncated["response"]), "out": str(cfg.out)}
+    log.info("scored %s with %s: %s", path, cfg.model_path, summary)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="score")
+def main(cfg: DictConfig) -> None:
+    score(cfg)
+
+
+if __name__ == "__main__":
+    main()
