@@ -188,9 +188,11 @@ class PreferenceDataModule(L.LightningDataModule):
         start; on a mid-epoch resume, those before the restored step."""
         if self.trainer is None or self.trainer.global_step == 0:
             return 0
+        batches = self.trainer.num_training_batches  # honours trainer.limit_train_batches
+        if not math.isfinite(batches):
+            batches = math.ceil(samples_per_rank / self.batch_size)
         accumulate = self.trainer.accumulate_grad_batches
-        steps_per_epoch = math.ceil(math.ceil(samples_per_rank / self.batch_size) / accumulate)
-        return (self.trainer.global_step % steps_per_epoch) * accumulate
+        return (self.trainer.global_step % math.ceil(batches / accumulate)) * accumulate
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
