@@ -5,6 +5,7 @@ import pytest
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.strategies import FSDPStrategy
+from lightning_utilities.core.rank_zero import rank_zero_only
 
 from conftest import compose_train
 from rmlab.launch import check_shared_run_dir
@@ -13,6 +14,17 @@ TORCHRUN = {"TORCHELASTIC_RUN_ID": "rm1", "RANK": "3", "WORLD_SIZE": "4", "LOCAL
             "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
 SLURM = {"SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
          "SLURM_NODEID": "1", "SLURM_JOB_NAME": "rmlab", "SLURM_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "77"}
+
+
+@pytest.fixture(autouse=True)
+def restore_process_rank():
+    """Building a Trainer as rank 3 sets Lightning's process-wide rank; later tests in this process
+    would then log and save nothing (rank_zero_only). Put it back."""
+    rank = rank_zero_only.rank
+    yield
+    rank_zero_only.rank = rank
+
+
 # 2 nodes x 2 processes; CPU so that the Trainer can be built here (on a cluster: gpu, 8 devices).
 MULTINODE = ["trainer=multinode", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.num_nodes=2",
              "trainer.precision=32-true"]
