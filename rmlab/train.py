@@ -6,6 +6,7 @@ import json
 import logging
 import resource
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -66,6 +67,8 @@ def train(cfg: DictConfig) -> dict:
 
         if resume_from:
             log.info("resuming from %s", resume_from)
+            # Lightning cannot see that rmlab's sampler resumes mid-epoch itself (ResumableSampler).
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
