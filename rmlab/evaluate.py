@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from rmlab.config import CONFIG_DIR
+from rmlab.model.module import RewardModel
 from rmlab.train import best_precision
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,14 @@ def load_checkpoint(path: str) -> dict:
     if not checkpoint.get("rmlab_config"):
         raise ValueError(f"ckpt={path!r} has no rmlab config: it was not written by rmlab.train")
     return checkpoint
+
+
+def load_reward_model(checkpoint: dict) -> tuple[RewardModel, DictConfig]:
+    """The trained RewardModel of a loaded rmlab checkpoint (eval mode, CPU) and its resolved run config."""
+    run_cfg = OmegaConf.create(checkpoint["rmlab_config"])
+    model = instantiate(run_cfg.model)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), run_cfg
 
 
 def data_config(run_cfg: DictConfig, overrides: DictConfig | None, split: str) -> tuple[dict, str]:
@@ -50,12 +59,9 @@ def evaluate(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.split not in ("test", "val"):
         raise ValueError(f"split={cfg.split!r}; choose test or val")
-    checkpoint = load_checkpoint(cfg.ckpt)
-    run_cfg = OmegaConf.create(checkpoint["rmlab_config"])
+    model, run_cfg = load_reward_model(load_checkpoint(cfg.ckpt))
     data_cfg, split = data_config(run_cfg, cfg.get("data"), cfg.split)
     datamodule = instantiate(data_cfg)
-    model = instantiate(run_cfg.model)
-    model.load_state_dict(checkpoint["state_dict"])
 
     precision = cfg.trainer.precision
     if precision == "auto":

@@ -42,7 +42,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICA
 from rmlab.config import CONFIG_DIR
 from rmlab.data.collate import PairCollator
 from rmlab.data.tokenize import special_token_frame, tokenize_pair, use_chat_template
-from rmlab.evaluate import load_checkpoint
+from rmlab.evaluate import load_checkpoint, load_reward_model
 from rmlab.model.backbone import load_tokenizer
 from rmlab.model.module import RewardModel
 
@@ -116,14 +116,6 @@ class RmlabRewardModel(PreTrainedModel):
         hidden = self.backbone(**inputs).last_hidden_state
         return SequenceClassifierOutput(logits=self.score(pool(hidden, attention_mask, self.pooling)))
 '''
-
-
-def load_reward_model(checkpoint: dict) -> tuple[RewardModel, DictConfig]:
-    """The trained RewardModel of a loaded rmlab checkpoint (eval mode, CPU) and its resolved run config."""
-    run_cfg = OmegaConf.create(checkpoint["rmlab_config"])
-    model = instantiate(run_cfg.model)
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), run_cfg
 
 
 def rmlab_tokenizer(run_cfg: DictConfig) -> tuple[PreTrainedTokenizerBase, dict]:

@@ -29,8 +29,8 @@ from rmlab.config import CONFIG_DIR
 from rmlab.data.collate import PairCollator
 from rmlab.data.formats import FORMATS, PairFormatError, detect_format, to_pair
 from rmlab.data.sources import LocalFiles
-from rmlab.evaluate import load_checkpoint
-from rmlab.export import encoder, load_reward_model, rmlab_tokenizer
+from rmlab.evaluate import load_checkpoint, load_reward_model
+from rmlab.export import encoder, rmlab_tokenizer
 
 log = logging.getLogger(__name__)
 OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}

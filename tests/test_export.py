@@ -18,8 +18,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import compose_train
 from rmlab.config import CONFIG_DIR
-from rmlab.evaluate import load_checkpoint
-from rmlab.export import PAD_TOKEN, encoder, export, load_reward_model, rmlab_tokenizer, validation_rewards
+from rmlab.evaluate import load_checkpoint, load_reward_model
+from rmlab.export import PAD_TOKEN, encoder, export, rmlab_tokenizer, validation_rewards
 from rmlab.train import train
 
 ATOL = 1e-4  # fp32; measured up to ~1e-5 (SmolLM2, left padding) and ~5e-7 (MiniLM)

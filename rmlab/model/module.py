@@ -141,7 +141,7 @@ class RewardModel(L.LightningModule):
         self.log("train/pairs_seen", float(self.pairs_seen), batch_size=n_pairs)
         return loss
 
-    def _eval_step(self, stage: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _eval_step(self, stage: str, batch: dict[str, torch.Tensor]) -> None:
         loss, reward_chosen, reward_rejected = self._pair_step(batch)
         index = batch.get("index")
         if index is None:  # a DataModule without row ids: rows numbered per rank, never merged
@@ -150,8 +150,7 @@ class RewardModel(L.LightningModule):
         margin = batch.get("margin")
         self._eval_has_margin = margin is not None
         values = torch.stack([reward_chosen, reward_rejected, margin if margin is not None else torch.zeros_like(reward_chosen)], 1)
-        self._eval_pairs[stage].append((index.detach(), values.detach()))
-        return {"index": index, "reward_chosen": reward_chosen.detach(), "reward_rejected": reward_rejected.detach()}
+        self._eval_pairs[stage].append((index.detach(), values.detach()))  # read through eval_rewards()
 
     def eval_rewards(self, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(index, [reward_chosen, reward_rejected, data margin]) of every pair of the split scored in
@@ -180,10 +179,10 @@ class RewardModel(L.LightningModule):
         self.log_dict(metrics)
 
     def validation_step(self, batch, batch_idx):
-        return self._eval_step("val", batch)
+        self._eval_step("val", batch)
 
     def test_step(self, batch, batch_idx):
-        return self._eval_step("test", batch)
+        self._eval_step("test", batch)
 
     def on_validation_epoch_start(self):
         self._eval_epoch_start("val")
