@@ -9,13 +9,11 @@ or an rmlab.train checkpoint (rmlab's RewardModel); both give the same rewards.
 
 from __future__ import annotations
 
-import bz2
 import contextlib
 import gzip
 import inspect
 import json
 import logging
-import lzma
 from pathlib import Path
 from typing import Any
 
@@ -27,44 +25,24 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rmlab.config import CONFIG_DIR
 from rmlab.data.collate import PairCollator
+from rmlab.data.files import read_file_rows
 from rmlab.data.formats import FORMATS, PairFormatError, detect_format, to_pair
-from rmlab.data.sources import LocalFiles
+from rmlab.errors import DataError
 from rmlab.evaluate import load_checkpoint, load_reward_model
 from rmlab.export import encoder, rmlab_tokenizer
 
 log = logging.getLogger(__name__)
-OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 SINGLE = "single"  # one (prompt, response) per row
 
 
 def read_rows(path: str) -> list[tuple[str, Any]]:
-    """(location, row) for every row of a JSONL / JSON / Parquet / CSV file, in file order.
-
-    JSON Lines are read line by line (location `line N`, so errors point at the line); the
-    rest as rmlab.data.sources reads them (location `row N`, 1-based, header not counted).
-    """
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"data.path={path!r}: no such file ({file.resolve()})")
-    compression = file.suffix if file.suffix in OPENERS else ""
-    kind = Path(file.name.removesuffix(compression)).suffix
-    if kind not in (".json", ".jsonl"):
-        dataset = LocalFiles(str(file))()["train"]
-        return [(f"row {i + 1}", row) for i, row in enumerate(dataset)]
-    with OPENERS.get(compression, open)(file, "rt", encoding="utf-8") as handle:
-        text = handle.read()
-    if kind == ".json":  # a JSON array; anything else is read as JSON Lines, as `datasets` does
-        with contextlib.suppress(json.JSONDecodeError):
-            whole = json.loads(text)
-            if isinstance(whole, list):
-                return [(f"row {i + 1}", row) for i, row in enumerate(whole)]
+    """(location, row) for every row of a JSONL / JSON / Parquet / CSV file, in file order; a row
+    that cannot be read stops with its line (rmlab.data.files)."""
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append((f"line {number}", json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {number}: not valid JSON ({err.msg} at column {err.colno})") from None
+    for row in read_file_rows(path):
+        if row.problem:
+            raise DataError(f"{path} {row.location}: {row.problem}")
+        rows.append((row.location, row.data))
     return rows
 
 

@@ -69,7 +69,7 @@ def test_prompt_response_strings_through_the_datamodule(tmp_path):
     tok = dm.tokenizer
     assert tok.decode(row["chosen_input_ids"]) == "[CLS] name a fruit. [SEP] apple [SEP]"
     assert tok.decode(row["rejected_input_ids"]) == "[CLS] name a fruit. [SEP] chair [SEP]"
-    assert dm.stats["train"] == {"pairs": 1, "truncated_prompt": 0, "truncated_response": 0, "dropped": 0}
+    assert dm.stats["train"] == {"pairs": 1, "truncated_prompt": 0, "truncated_response": 0, "dropped": 0, "rejected": 0}
 
 
 def test_hh_through_the_datamodule_renders_the_transcript(tmp_path):
@@ -100,7 +100,7 @@ def test_parquet_and_custom_column_names_and_margin(tmp_path):
 def test_bad_row_names_file_row_and_problem(tmp_path):
     rows = [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b", "rejected": None}]
     path = write_jsonl(tmp_path / "broken.jsonl", rows)
-    with pytest.raises(ValueError, match=r"broken\.jsonl row 1: missing 'chosen' or 'rejected'"):
+    with pytest.raises(ValueError, match=r"broken\.jsonl line 2: missing 'chosen' or 'rejected'"):
         datamodule(path)
 
 
@@ -118,7 +118,7 @@ def test_hh_reply_containing_turn_markers_stays_one_reply():
 def test_hh_pair_without_a_shared_assistant_turn_is_an_error(tmp_path):
     bad = {"chosen": HH_CHOSEN, "rejected": HH_REJECTED.replace("hi", "yo")}
     path = write_jsonl(tmp_path / "hh.jsonl", [{"chosen": HH_CHOSEN, "rejected": HH_REJECTED}, bad])
-    with pytest.raises(ValueError, match=r"hh\.jsonl row 1: chosen and rejected transcripts share no"):
+    with pytest.raises(ValueError, match=r"hh\.jsonl line 2: chosen and rejected transcripts share no"):
         datamodule(path)
 
 
@@ -139,7 +139,7 @@ OVERLONG_ROWS = [
 
 def test_truncate_keeps_responses_cuts_prompt_from_the_left_and_counts(tmp_path):
     dm = datamodule(write_jsonl(tmp_path / "long.jsonl", OVERLONG_ROWS), max_length=20, overlong="truncate")
-    assert dm.stats["train"] == {"pairs": 3, "truncated_prompt": 2, "truncated_response": 1, "dropped": 0}
+    assert dm.stats["train"] == {"pairs": 3, "truncated_prompt": 2, "truncated_response": 1, "dropped": 0, "rejected": 0}
     rows = dm.splits["train"]
     assert [len(r) for r in rows["chosen_input_ids"]] == [3 + 5 + 3, 3 + 12 + 3, 20]
     assert [len(r) for r in rows["rejected_input_ids"]] == [3 + 5 + 4, 20, 3 + 0 + 3]
@@ -150,7 +150,7 @@ def test_truncate_keeps_responses_cuts_prompt_from_the_left_and_counts(tmp_path)
 
 def test_drop_skips_and_counts_every_overlong_pair(tmp_path):
     dm = datamodule(write_jsonl(tmp_path / "long.jsonl", OVERLONG_ROWS), max_length=20, overlong="drop")
-    assert dm.stats["train"] == {"pairs": 1, "truncated_prompt": 0, "truncated_response": 0, "dropped": 2}
+    assert dm.stats["train"] == {"pairs": 1, "truncated_prompt": 0, "truncated_response": 0, "dropped": 2, "rejected": 0}
 
 
 def test_unknown_overlong_policy_is_refused(tmp_path):
@@ -194,9 +194,16 @@ def test_collator_pads_dynamically_on_the_tokenizer_side(tmp_path):
 
 # -- real data -----------------------------------------------------------------------------------
 def test_real_hh_rlhf_file_loads_without_loss(shared_data):
-    dm = datamodule(str(shared_data / "hh_rlhf_harmless_base_test.jsonl.gz"), same_file_for_eval=False, max_length=256)
+    path = str(shared_data / "hh_rlhf_harmless_base_test.jsonl.gz")
+    # Four HH pairs prefer an empty reply: refused by default, counted and kept aside with skip.
+    with pytest.raises(ValueError, match=r"hh_rlhf_harmless_base_test\.jsonl\.gz line 87: chosen is empty \(format 'hh'\)"):
+        datamodule(path, same_file_for_eval=False, max_length=256)
+    dm = datamodule(path, same_file_for_eval=False, max_length=256, on_bad_row="skip")
     stats = dm.stats
-    assert sum(stats[s]["pairs"] for s in stats) == 2312
+    assert sum(stats[s]["pairs"] for s in stats) == 2312 - 4
+    assert stats["train"]["rejected"] == 4
+    assert [r["origin"] for r in dm.rejects] == [f"{path} line {n}" for n in (87, 517, 926, 1104)]
+    assert {r["problem"] for r in dm.rejects} == {"chosen is empty (format 'hh')"}
     assert all(stats[s]["dropped"] == 0 for s in stats)
     assert stats["train"]["truncated_prompt"] > 0  # 16% of HH pairs exceed 256 MiniLM tokens
     assert max(len(ids) for ids in dm.splits["train"]["chosen_input_ids"]) == 256

@@ -2,22 +2,55 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import lightning as L
 from datasets import Dataset
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, DistributedSampler
 
 from rmlab.data.collate import PairCollator
-from rmlab.data.formats import FORMATS, PairFormatError, detect_format, prompt_key, to_pair
+from rmlab.data.formats import FORMATS, PairFormatError, check_pair, detect_format, prompt_key, read_margin, to_pair
 from rmlab.data.sources import SPLITS, LocalFiles, split_of
 from rmlab.data.tokenize import special_token_frame, tokenize_pair, use_chat_template
+from rmlab.errors import DataError
 from rmlab.model.backbone import load_tokenizer
 
 log = logging.getLogger(__name__)
+BAD_ROW_POLICIES = ("error", "skip")
+SKIP_HINT = "data.on_bad_row=skip skips such rows (counted, and written to data.rejects_file)"
 DEFAULT_COLUMNS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "margin": None}
+
+
+def _fields(row: dict[str, Any], from_file: bool) -> tuple[Any, str | None]:
+    """A row's fields and the reader's problem with it (LocalFiles rows carry their JSON text)."""
+    if not from_file:
+        return row, None
+    return json.loads(row["raw"]), row["problem"]
+
+
+def _bad_row(policy: str, where: str, problem: str) -> None:
+    if policy == "error":
+        raise DataError(f"{where}: {problem}. {SKIP_HINT}")
+
+
+def _scalar(value: Any) -> Any:
+    """A metadata value as a column can hold it whatever the other rows have: lists and objects as JSON text."""
+    return json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, (list, dict)) else value
+
+
+@rank_zero_only
+def _write_rejects(path: str, rejects: list[dict]) -> None:
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with file.open("w", encoding="utf-8") as handle:
+        for reject in rejects:
+            handle.write(json.dumps(reject, ensure_ascii=False, default=str) + "\n")
 
 
 class ResumableSampler(DistributedSampler):
@@ -37,7 +70,9 @@ class PreferenceDataModule(L.LightningDataModule):
     """Loads pairs from `source` (or the local files `path`, `val_path`, `test_path`), normalises their format, splits by prompt, tokenizes (cached by
     `datasets`), applies the over-long policy and counts what it truncated or dropped.
 
-    After `setup()`, `self.stats[split]` holds {pairs, truncated_prompt, truncated_response, dropped}.
+    After `setup()`, `self.stats[split]` holds {pairs, truncated_prompt, truncated_response, dropped,
+    rejected}: `rejected` counts the rows of that split's file skipped as bad (data.on_bad_row=skip;
+    a split carved out of train counts them under train), each also in `self.rejects`.
     """
 
     def __init__(
@@ -60,6 +95,8 @@ class PreferenceDataModule(L.LightningDataModule):
         max_train_pairs: int | None = None,
         seed: int = 0,
         num_workers: int = 0,
+        on_bad_row: str = "error",
+        rejects_file: str | None = None,
     ):
         super().__init__()
         has_files = any(p is not None for p in (path, val_path, test_path))
@@ -67,6 +104,11 @@ class PreferenceDataModule(L.LightningDataModule):
             raise ValueError("give either data.source or data.path (a local file; data=local), not both or neither")
         if format != "auto" and format not in FORMATS:
             raise ValueError(f"data.format={format!r}; choose 'auto' or one of {FORMATS}")
+        if on_bad_row not in BAD_ROW_POLICIES:
+            raise ValueError(f"data.on_bad_row={on_bad_row!r}; choose one of {BAD_ROW_POLICIES}")
+        self.on_bad_row, self.rejects_file = on_bad_row, rejects_file
+        self.rejects: list[dict] = []  # skipped rows: {split, origin, problem, row}
+        self.rejected: dict[str, int] = {}
         self.source = source or LocalFiles(path, val_path, test_path)
         self.max_train_pairs, self.seed = max_train_pairs, seed
         self.tokenizer = load_tokenizer(**tokenizer)
@@ -84,27 +126,77 @@ class PreferenceDataModule(L.LightningDataModule):
         self.stats: dict[str, dict[str, int]] = {}
 
     # -- loading ---------------------------------------------------------------------------
-    def _normalise(self, raw: Dataset, origin: str) -> Dataset:
+    def _detect_format(self, raw: Dataset, origin: str, from_file: bool) -> tuple[str, list[str]]:
+        """The pair format (data.format, or detected from the first readable row) and, for files,
+        the metadata columns kept beside the pair (the other fields of that row)."""
+        skipped, policy = [], self.on_bad_row
+        for index in range(len(raw)):
+            fields, problem = _fields(raw[index], from_file)
+            where = raw[index]["origin"] if from_file else f"{origin} row {index + 1}"
+            if problem is None and not isinstance(fields, Mapping):
+                problem = f"expected an object with named fields, got {type(fields).__name__}"
+            if problem is None:
+                try:
+                    fmt = detect_format(fields, self.columns) if self.format == "auto" else self.format
+                except PairFormatError as err:
+                    problem = str(err)
+            if problem is not None:
+                _bad_row(policy, where, problem)
+                skipped.append(f"{where}: {problem}")
+                continue
+            used = {self.columns[c] for c in ("prompt", "chosen", "rejected", "margin")}
+            return fmt, [key for key in fields if key not in used] if from_file else []
+        raise DataError(f"{origin}: no row can be read as a preference pair (first: {skipped[0]})")
+
+    def _normalise(self, raw: Dataset, origin: str, split: str) -> Dataset:
+        """Rows -> {prompt, chosen, rejected[, margin], prompt_key, origin, metadata...}. A row that
+        is not a usable pair stops the run naming its file, line and problem (data.on_bad_row=error)
+        or is skipped, counted and kept in `self.rejects` (skip). Nothing is dropped silently."""
         if len(raw) == 0:
-            raise ValueError(f"{origin}: no rows")
-        fmt = detect_format(raw[0], self.columns) if self.format == "auto" else self.format
+            raise DataError(f"{origin}: no rows")
+        from_file = "raw" in raw.column_names
+        fmt, metadata = self._detect_format(raw, origin, from_file)
         margin_column = self.columns["margin"]
-        if margin_column and margin_column not in raw.column_names:
-            raise ValueError(f"{origin}: data.columns.margin={margin_column!r} is not a column; columns are {raw.column_names}")
+        if margin_column and not from_file and margin_column not in raw.column_names:
+            raise DataError(f"{origin}: data.columns.margin={margin_column!r} is not a column; columns are {raw.column_names}")
+        placeholder = {"prompt": [{"role": "user", "content": ""}], "chosen": "", "rejected": ""}
+        # Plain values only in the closure: `datasets` fingerprints it to cache this step and the next.
+        policy, columns = self.on_bad_row, self.columns
 
         def normalise(row: dict[str, Any], index: int) -> dict[str, Any]:
-            try:
-                pair = to_pair(row, fmt, self.columns)
-                if margin_column:
-                    pair["margin"] = float(row[margin_column])
-            except (PairFormatError, TypeError, ValueError) as err:
-                raise ValueError(f"{origin} row {index}: {err} (format {fmt!r})") from None
-            pair["prompt_key"] = prompt_key(pair["prompt"])
+            where = row["origin"] if from_file else f"{origin} row {index + 1}"
+            fields, problem = _fields(row, from_file)
+            pair = None
+            if problem is None:
+                try:
+                    pair = to_pair(fields, fmt, columns)
+                    check_pair(pair)
+                    if margin_column:
+                        pair["margin"] = read_margin(fields.get(margin_column), margin_column)
+                except PairFormatError as err:
+                    problem, pair = f"{err} (format {fmt!r})", None
+            if problem is not None:
+                _bad_row(policy, where, problem)
+                pair = {**placeholder, **({"margin": 0.0} if margin_column else {})}
+            pair.update(prompt_key=prompt_key(pair["prompt"]), origin=where, problem=problem)
+            if from_file:  # the file's other fields ride along (e.g. `subset` for the bias report)
+                pair.update({key: _scalar(fields.get(key)) if isinstance(fields, Mapping) else None for key in metadata})
             return pair
 
         # The raw chosen/rejected columns are replaced; other columns (metadata) are kept.
-        drop = [c for c in (self.columns["prompt"], self.columns["chosen"], self.columns["rejected"]) if c in raw.column_names]
-        return raw.map(normalise, with_indices=True, remove_columns=drop, desc=f"reading {origin}")
+        drop = ["raw", "problem", "origin"] if from_file else [
+            c for c in (self.columns["prompt"], self.columns["chosen"], self.columns["rejected"]) if c in raw.column_names]
+        pairs = raw.map(normalise, with_indices=True, remove_columns=drop, desc=f"reading {origin}")
+        bad = [i for i, problem in enumerate(pairs["problem"]) if problem is not None]
+        if bad:
+            origins, problems = pairs.select(bad)["origin"], pairs.select(bad)["problem"]
+            rows = [_fields(r, from_file)[0] for r in raw.select(bad)]
+            self.rejects += [{"split": split, "origin": o, "problem": p, "row": r} for o, p, r in zip(origins, problems, rows)]
+            if len(bad) == len(pairs):
+                raise DataError(f"{origin}: every row was rejected (first: {origins[0]}: {problems[0]})")
+            pairs = pairs.select(sorted(set(range(len(pairs))) - set(bad)))
+        self.rejected[split] = len(bad)
+        return pairs.remove_columns("problem")
 
     def _tokenize(self, pairs: Dataset, split: str) -> Dataset:
         tokenized = pairs.map(
@@ -120,6 +212,7 @@ class PreferenceDataModule(L.LightningDataModule):
             "truncated_prompt": sum(tokenized["prompt_truncated"]),
             "truncated_response": sum(tokenized["response_truncated"]),
             "dropped": len(tokenized) - len(kept),
+            "rejected": self.rejected.get(split, 0),
         }
         log.info("%s: %s (max_length=%d, overlong=%s)", split, self.stats[split], self.max_length, self.overlong)
         if len(kept) == 0:
@@ -135,7 +228,10 @@ class PreferenceDataModule(L.LightningDataModule):
             return
         raw = self.source()
         describe = getattr(self.source, "describe", lambda split: split)
-        normalised = {split: self._normalise(ds, describe(split)) for split, ds in raw.items() if ds is not None}
+        self.rejects, self.rejected = [], {}
+        normalised = {split: self._normalise(ds, describe(split), split) for split, ds in raw.items() if ds is not None}
+        if self.rejects:
+            self._report_rejects()
         missing = [split for split in SPLITS if split not in normalised]
         if any(split in missing for split in needed):
             if "train" not in normalised:
@@ -156,6 +252,14 @@ class PreferenceDataModule(L.LightningDataModule):
             normalised["train"] = normalised["train"].shuffle(seed=self.seed).select(range(self.max_train_pairs))
             log.info("train: %d of %d pairs (data.max_train_pairs)", self.max_train_pairs, available)
         self.splits.update({split: self._tokenize(normalised[split], split) for split in needed})
+
+    def _report_rejects(self) -> None:
+        counts = {split: n for split, n in self.rejected.items() if n}
+        first = self.rejects[0]
+        log.warning("skipped %d bad rows (data.on_bad_row=skip) %s, written to %s; first: %s: %s",
+                    len(self.rejects), counts, self.rejects_file or "(no data.rejects_file)", first["origin"], first["problem"])
+        if self.rejects_file:
+            _write_rejects(self.rejects_file, self.rejects)
 
     def encode_response(self, prompt: list[dict], response: str) -> list[int]:
         """Token ids the model reads for one (prompt, response), as in training; over-long ones are

@@ -11,11 +11,14 @@ Supported row formats:
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
 FORMATS = ("prompt_response", "hh", "chat")
+ROLES = ("system", "user", "assistant", "tool")  # what chat templates render
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ASSISTANT = "\n\nAssistant:"
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -65,9 +68,15 @@ def _split_hh(chosen: str, rejected: str) -> tuple[list[dict[str, str]], str, st
 def _as_messages(value: Any, what: str) -> list[dict[str, str]]:
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
-    if isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
-        return [{"role": m["role"], "content": m["content"]} for m in value]
-    raise PairFormatError(f"{what} must be a string or a list of {{role, content}} messages, got {type(value).__name__}")
+    if not (isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)):
+        raise PairFormatError(f"{what} must be a string or a non-empty list of {{role, content}} messages, got "
+                              f"{type(value).__name__ if value != [] else 'an empty list'}")
+    for number, message in enumerate(value, start=1):
+        if message["role"] not in ROLES:
+            raise PairFormatError(f"{what}: message {number} has role {message['role']!r}; known roles are {ROLES}")
+        if not isinstance(message["content"], str):
+            raise PairFormatError(f"{what}: message {number} content must be a string, got {type(message['content']).__name__}")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
 def _text(value: Any, what: str) -> str:
@@ -78,10 +87,14 @@ def _text(value: Any, what: str) -> str:
 
 def to_pair(row: dict[str, Any], fmt: str, columns: dict[str, str]) -> dict[str, Any]:
     """Normalise one row to {prompt: [messages], chosen: str, rejected: str}."""
+    if not isinstance(row, Mapping):
+        raise PairFormatError(f"expected an object with named fields, got {type(row).__name__}")
     chosen, rejected = row.get(columns["chosen"]), row.get(columns["rejected"])
     if chosen is None or rejected is None:
         raise PairFormatError(f"missing {columns['chosen']!r} or {columns['rejected']!r}")
     if fmt == "prompt_response":
+        if row.get(columns["prompt"]) is None:
+            raise PairFormatError(f"missing {columns['prompt']!r}")
         prompt = _as_messages(row.get(columns["prompt"]), f"column {columns['prompt']!r}")
         return {"prompt": prompt, "chosen": _text(chosen, "chosen"), "rejected": _text(rejected, "rejected")}
     if fmt == "hh":
@@ -101,6 +114,31 @@ def to_pair(row: dict[str, Any], fmt: str, columns: dict[str, str]) -> dict[str,
             raise PairFormatError("chosen and rejected conversations differ before their last message")
         return {"prompt": prompt, "chosen": chosen_msgs[-1]["content"], "rejected": rejected_msgs[-1]["content"]}
     raise PairFormatError(f"unknown data.format {fmt!r}; choose one of {FORMATS} or 'auto'")
+
+
+def check_pair(pair: dict[str, Any]) -> None:
+    """Refuse a pair that cannot teach a preference: an empty response, or two identical ones."""
+    for side in ("chosen", "rejected"):
+        if not pair[side].strip():
+            raise PairFormatError(f"{side} is empty" + (" (whitespace only)" if pair[side] else ""))
+    if pair["chosen"] == pair["rejected"]:
+        raise PairFormatError("chosen and rejected are the same text")
+
+
+def read_margin(value: Any, column: str) -> float:
+    """The pair's margin (how much better chosen is, for BradleyTerryLoss): a finite number >= 0."""
+    if isinstance(value, bool) or value is None or (isinstance(value, str) and not value.strip()):
+        raise PairFormatError(f"margin column {column!r} is missing or empty")
+    try:
+        margin = float(value)
+    except (TypeError, ValueError):
+        raise PairFormatError(f"margin column {column!r} is not a number: {value!r}") from None
+    if not math.isfinite(margin):
+        raise PairFormatError(f"margin column {column!r} is {margin}")
+    if margin < 0:
+        raise PairFormatError(f"margin column {column!r} is negative ({margin}): it says how much better chosen "
+                              "is; swap chosen and rejected, or fix the column")
+    return margin
 
 
 def prompt_key(prompt: list[dict[str, str]]) -> str:

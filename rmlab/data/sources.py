@@ -8,15 +8,18 @@ in error messages.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset, Features, Value, load_dataset
+from datasets.exceptions import DatasetGenerationError
 
+from rmlab.data.files import file_kind, read_file_rows
 from rmlab.data.formats import prompt_key
 from rmlab.data.synthetic import generate_pairs
+from rmlab.errors import DataError
 
 SPLITS = ("train", "val", "test")
-_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
 def split_of(key: str, val_fraction: float, test_fraction: float) -> str:
@@ -27,16 +30,24 @@ def split_of(key: str, val_fraction: float, test_fraction: float) -> str:
     return "val" if u < test_fraction + val_fraction else "train"
 
 
-def _builder(path: Path) -> str:
-    suffixes = [s for s in path.suffixes if s not in (".gz", ".bz2", ".xz", ".zst")]
-    builder = _BUILDERS.get(suffixes[-1] if suffixes else "")
-    if builder is None:
-        raise ValueError(f"{path}: unknown file type; use one of {sorted(_BUILDERS)} (optionally .gz)")
-    return builder
+RAW_FEATURES = Features({"origin": Value("string"), "raw": Value("string"), "problem": Value("string")})
+_READER_VERSION = 1  # bump when rmlab.data.files reads a file differently, so cached copies are re-read
+
+
+def _raw_rows(path: str, stamp: tuple, version: int):
+    """Rows of a file as {origin: "<file> line N", raw: the row as JSON text, problem}; `stamp` and
+    `version` only key the `datasets` cache."""
+    for row in read_file_rows(path):
+        raw = json.dumps(row.data, ensure_ascii=False, default=str)
+        yield {"origin": f"{path} {row.location}", "raw": raw, "problem": row.problem}
 
 
 class LocalFiles:
-    """Pairs from local JSONL/JSON/Parquet/CSV files (gzipped too), loaded and cached by `datasets`."""
+    """Pairs from local JSONL/JSON/Parquet/CSV files (compressed too), read row by row so every row
+    keeps its line (rmlab.data.files), and cached by `datasets` until the file changes.
+
+    Each split is a Dataset of {origin, raw, problem}: the row as JSON text, parsed and checked
+    by the DataModule, so one malformed row never stops the others from being read."""
 
     def __init__(self, path: str | None, val_path: str | None = None, test_path: str | None = None):
         self.paths = {"train": path, "val": val_path, "test": test_path}
@@ -50,7 +61,18 @@ class LocalFiles:
             file = Path(path).expanduser().resolve()
             if not file.is_file():
                 raise FileNotFoundError(f"data.{'path' if split == 'train' else split + '_path'}={path!r}: no such file ({file})")
-            out[split] = load_dataset(_builder(file), data_files=str(file), split="train")
+            file_kind(file)  # an unknown type fails here, before `datasets` wraps the error
+            stat = file.stat()
+            try:
+                out[split] = Dataset.from_generator(
+                    _raw_rows, features=RAW_FEATURES,
+                    gen_kwargs={"path": str(path), "stamp": (str(file), stat.st_size, stat.st_mtime_ns), "version": _READER_VERSION})
+            except DatasetGenerationError as err:  # re-raise the reader's own error, not datasets' wrapper
+                raise (err.__cause__ or err) from None
+            except ValueError:
+                if next(read_file_rows(file), None) is None:  # `datasets` refuses a generator without rows
+                    raise DataError(f"{path}: no rows") from None
+                raise
         return out
 
     def describe(self, split: str) -> str:
