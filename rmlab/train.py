@@ -69,13 +69,14 @@ def train(cfg: DictConfig) -> dict:
             log.info("resuming from %s", resume_from)
             # Lightning cannot see that rmlab's sampler resumes mid-epoch itself (ResumableSampler).
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)  # loading runs no pickled code
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
         summary = {
             "val/acc": float(checkpoint.best_model_score) if best else float(trainer.callback_metrics.get("val/acc", float("nan"))),
             "train/steps": trainer.global_step,
             "train/pairs_seen": model.pairs_seen,
+            "train/skipped_nonfinite": model.skipped_nonfinite,
         }
         if cfg.test_after_fit:
             trainer.test(model, datamodule=datamodule, ckpt_path=best)  # the path: "best" is ambiguous with last.ckpt

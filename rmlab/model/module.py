@@ -10,9 +10,15 @@ import lightning as L
 import torch
 from torch import nn
 
+from rmlab.errors import ConfigError
 from rmlab.model.backbone import apply_lora, load_backbone
 
 log = logging.getLogger(__name__)
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN or infinite loss or reward (model.on_nonfinite=stop); names the step and the pairs."""
 
 
 def pair_correct(margin: torch.Tensor) -> torch.Tensor:
@@ -68,8 +74,12 @@ class RewardModel(L.LightningModule):
         weight_decay: float = 0.0,
         disable_dropout: bool = True,
         lora: dict | None = None,
+        on_nonfinite: str = "stop",
     ):
         super().__init__()
+        if on_nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError(f"model.on_nonfinite={on_nonfinite!r}; choose stop (raise, naming the step and the "
+                              "pairs) or skip (skip that batch's update, counted in train/skipped_nonfinite)")
         self.save_hyperparameters({"backbone": backbone, "warmup_ratio": warmup_ratio, "weight_decay": weight_decay})
         self.backbone = load_backbone(**backbone)
         self.backbone.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes
@@ -97,11 +107,15 @@ class RewardModel(L.LightningModule):
         self._eval_gathered: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {"val": None, "test": None}
         self._eval_has_margin = False
         self.pairs_seen = 0
+        self.on_nonfinite = on_nonfinite
+        self.skipped_nonfinite = 0  # optimizer updates dropped for a non-finite loss or reward
+        self._drop_update = False
         self.run_config: dict | None = None  # the resolved Hydra config, set by rmlab.train
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rmlab_config"] = self.run_config
         checkpoint["rmlab_pairs_seen"] = self.pairs_seen
+        checkpoint["rmlab_skipped_nonfinite"] = self.skipped_nonfinite
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Also reads checkpoints from before the head lost its bias (rmlab < 2026-11-21)."""
@@ -114,6 +128,7 @@ class RewardModel(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.pairs_seen = checkpoint.get("rmlab_pairs_seen", 0)  # resume: keep counting
+        self.skipped_nonfinite = checkpoint.get("rmlab_skipped_nonfinite", 0)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """One reward per row."""
@@ -129,20 +144,80 @@ class RewardModel(L.LightningModule):
         loss = self.loss_fn(reward_chosen, reward_rejected, batch.get("margin"))
         return loss, reward_chosen, reward_rejected
 
+    def _pair_names(self, split: str, index: torch.Tensor | None, rows: list[int]) -> list[str]:
+        """Batch rows as the user can find them: the data's `origin` (file and line) where the split
+        has that column, with the row id in the split."""
+        if index is None:
+            return [f"batch row {row}" for row in rows]
+        ids = [int(index[row]) for row in rows]
+        dataset = getattr(getattr(self.trainer, "datamodule", None), "splits", {}).get(split)
+        if dataset is None or "origin" not in dataset.column_names:
+            return [f"{split} row {i}" for i in ids]
+        origins = dataset.select_columns(["origin"])[ids]["origin"]
+        return [f"{origin} ({split} row {i})" for origin, i in zip(origins, ids)]
+
+    def _nonfinite(self, split: str, batch: dict, batch_idx: int, loss: torch.Tensor,
+                   reward_chosen: torch.Tensor, reward_rejected: torch.Tensor) -> str | None:
+        """None when the loss and every reward are finite on every rank; else what went wrong where
+        (model.on_nonfinite=stop: raised as NonFiniteError)."""
+        rows_finite = torch.isfinite(reward_chosen) & torch.isfinite(reward_rejected)
+        bad_here = not bool(rows_finite.all() & torch.isfinite(loss))
+        # Every rank must take the same branch: one rank skipping its backward (or raising) while
+        # the others go on would leave them waiting for it in the gradient all-reduce.
+        if not self.trainer.strategy.reduce_boolean_decision(bad_here, all=False):
+            return None
+        where = f"at global step {self.global_step}, epoch {self.current_epoch}, {split} batch {batch_idx}"
+        if not bad_here:
+            message = f"non-finite loss or reward on another rank {where}"
+        else:
+            rows = (~rows_finite).nonzero().flatten().tolist() or list(range(len(rows_finite)))  # loss alone: all
+            pairs = "; ".join(self._pair_names(split, batch.get("index"), rows))
+            message = f"non-finite loss ({float(loss.detach()):.4g}) or reward {where}; pairs: {pairs}"
+        if self.on_nonfinite == "stop":
+            raise NonFiniteError(f"{message}. Lower model.optimizer.lr, check those pairs, or set "
+                                 "model.on_nonfinite=skip to skip such batches")
+        return message
+
+    def setup(self, stage: str) -> None:
+        if self.on_nonfinite == "skip" and "deepspeed" in type(self.trainer.strategy).__name__.lower():
+            raise ConfigError("model.on_nonfinite=skip cannot drop an update under DeepSpeed (its engine steps "
+                              "from its own gradient buffers); use model.on_nonfinite=stop")
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, reward_chosen, reward_rejected = self._pair_step(batch)
         n_pairs = reward_chosen.numel()
         self.pairs_seen += n_pairs * self.trainer.world_size
+        problem = self._nonfinite("train", batch, batch_idx, loss, reward_chosen, reward_rejected)
+        if problem:
+            # Not Lightning's skip (returning None): it refuses that under DDP. The backward still
+            # runs on every rank (so DDP's gradient all-reduce is matched), and
+            # on_before_optimizer_step then drops the gradients, so the optimizer changes nothing.
+            self._drop_update = True
+            log.warning("%s: skipping this update (model.on_nonfinite=skip)", problem)
+            return loss
         margin = reward_chosen - reward_rejected
         self.log_dict(
             {"train/loss": loss, "train/acc": pair_correct(margin).mean(), "train/margin": margin.mean()},
             prog_bar=True, batch_size=n_pairs,
         )
         self.log("train/pairs_seen", float(self.pairs_seen), batch_size=n_pairs)
+        self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), batch_size=n_pairs)
         return loss
 
-    def _eval_step(self, stage: str, batch: dict[str, torch.Tensor]) -> None:
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._drop_update:
+            # Parameters without a gradient are left alone by the optimizer (no step, no weight
+            # decay, no moment update); with gradient accumulation the whole accumulated update goes.
+            optimizer.zero_grad(set_to_none=True)
+            self._drop_update = False
+            self.skipped_nonfinite += 1
+            self.log("train/skipped_nonfinite", float(self.skipped_nonfinite))
+
+    def _eval_step(self, stage: str, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, reward_chosen, reward_rejected = self._pair_step(batch)
+        problem = self._nonfinite(stage, batch, batch_idx, loss, reward_chosen, reward_rejected)
+        if problem:  # evaluation updates nothing: the pairs are scored anyway, and the metrics show it
+            log.warning("%s (model.on_nonfinite=skip: kept in this epoch's %s metrics)", problem, stage)
         index = batch.get("index")
         if index is None:  # a DataModule without row ids: rows numbered per rank, never merged
             seen = sum(len(i) for i, _ in self._eval_pairs[stage])
@@ -179,10 +254,10 @@ class RewardModel(L.LightningModule):
         self.log_dict(metrics)
 
     def validation_step(self, batch, batch_idx):
-        self._eval_step("val", batch)
+        self._eval_step("val", batch, batch_idx)
 
     def test_step(self, batch, batch_idx):
-        self._eval_step("test", batch)
+        self._eval_step("test", batch, batch_idx)
 
     def on_validation_epoch_start(self):
         self._eval_epoch_start("val")

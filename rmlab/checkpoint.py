@@ -1,0 +1,68 @@
+"""Checkpoint files that are either the old one or the whole new one, never a truncated mix.
+
+Lightning's own save goes through an fsspec transaction whose temp file lives in /tmp: where /tmp
+and the run dir are different filesystems (usual on clusters) the final move is a copy straight
+into the destination, so a job killed during it leaves a truncated last.ckpt that resume=auto
+then cannot read. Here the temp file sits next to the target, so the last step is a rename.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+def temp_path(path: Path) -> Path:
+    """Where the save of `path` writes first. Hidden, and not `*.ckpt`, so that nothing that lists
+    checkpoints (ModelCheckpoint, resume=auto's checkpoints/last.ckpt) takes it for one."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename inside `directory` durable (a crash of the machine could otherwise undo it)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save into a temp file in the target's directory, fsync, then os.replace onto the target.
+
+    For strategies that write one file per checkpoint (auto, ddp, fsdp with a full state dict);
+    DeepSpeed writes directories itself and does not use it. Remote paths (`s3://...`) keep
+    Lightning's save: object stores have no rename, and their upload is all-or-nothing already.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A save killed earlier left its temp file; only one process writes a given checkpoint, so
+        # any other temp file of this target is such a leftover (and as large as a checkpoint).
+        for stale in path.parent.glob(glob.escape(f".{path.name}.tmp-") + "*"):
+            stale.unlink(missing_ok=True)
+        temp = temp_path(path)
+        try:
+            with open(temp, "wb") as file:
+                self.write(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
+
+    def write(self, checkpoint: dict[str, Any], file: IO[bytes]) -> None:
+        """Serialise the checkpoint into the open temp file."""
+        torch.save(checkpoint, file)
