@@ -1,16 +1,24 @@
-"""How a training run starts: launch checks (sweeps, cluster launchers) and what it resumes from."""
+"""How a training run starts: launch checks (sweeps, cluster launchers), what it resumes from, the
+logger it starts with, and how a user-input error leaves the command line."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, ListConfig
+
+from rmlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +36,7 @@ def check_launch(cfg: DictConfig) -> None:
         processes = int(devices) if str(devices).isdigit() else len(str(devices).split(","))
     processes = max(processes, 1) * int(trainer.get("num_nodes", 1))
     if HydraConfig.get().mode == RunMode.MULTIRUN and ("ddp" in strategy or processes > 1):
-        raise ValueError(
+        raise ConfigError(
             f"trainer.strategy={strategy} with {processes} process(es) cannot run inside a Hydra multirun (-m): "
             "with ddp each child process would re-run the whole sweep, and with ddp_spawn Lightning does not hand "
             "the best val/acc, step count and model state back to the sweep's process. Sweep with trainer.devices=1 "
@@ -43,8 +51,8 @@ def check_shared_run_dir() -> None:
     external = "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
     pinned = any(o.startswith("hydra.run.dir=") for o in HydraConfig.get().overrides.hydra)
     if external and not pinned:
-        raise ValueError("launched by torchrun/SLURM without hydra.run.dir: each rank would pick its own timestamped "
-                         "run dir. Pass the same dir to every rank, e.g. hydra.run.dir=/shared/runs/$SLURM_JOB_ID")
+        raise ConfigError("launched by torchrun/SLURM without hydra.run.dir: each rank would pick its own timestamped "
+                          "run dir. Pass the same dir to every rank, e.g. hydra.run.dir=/shared/runs/$SLURM_JOB_ID")
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
@@ -59,8 +67,8 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     if resume in (None, False, "never"):
         return None
     if resume != "auto":
-        raise ValueError(f"resume={resume!r}; choose auto (continue from <run dir>/checkpoints/last.ckpt) or null, "
-                         "or give ckpt_path=<file.ckpt>")
+        raise ConfigError(f"resume={resume!r}; choose auto (continue from <run dir>/checkpoints/last.ckpt) or null, "
+                          "or give ckpt_path=<file.ckpt>")
     last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file():
         log.info("resume=auto: no %s yet, starting fresh", last)
@@ -76,3 +84,90 @@ def resumed_logger_settings(cfg: DictConfig, run_dir: Path) -> dict:
         return {"version": time.strftime("resumed-%Y%m%d-%H%M%S")}
     previous = sorted((run_dir / "wandb").glob("*run-*"), key=lambda p: p.stat().st_mtime) if target.endswith("WandbLogger") else []
     return {"id": previous[-1].name.rsplit("-", 1)[-1], "resume": "allow"} if previous else {}
+
+
+def start_logger(logger_cfg: DictConfig, settings: dict) -> Logger:
+    """The run's logger, with a W&B run already started: online when asked and W&B answers in time
+    (logger.settings.init_timeout), else offline, else CSV. Losing W&B must never stop training."""
+    logger = instantiate(logger_cfg, **settings)
+    if not isinstance(logger, WandbLogger):
+        return logger
+    save_dir = Path(logger.save_dir or ".")
+    if not logger_cfg.get("offline"):
+        problem = _start_online(logger)
+        if problem is None:
+            return logger
+        log.warning("W&B online run could not start (%s). Logging offline instead; upload later with "
+                    "`wandb sync %s`.", problem, save_dir / "wandb" / "offline-run-*")
+        # mode= as well: Lightning's offline flag only sets WANDB_MODE, which a started W&B session ignores.
+        logger = instantiate(logger_cfg, **settings, offline=True, mode="offline")
+    mode = os.environ.get("WANDB_MODE")
+    try:
+        logger.experiment
+        return logger
+    except Exception as error:  # e.g. an invalid WANDB_MODE
+        log.warning("W&B could not start even offline (%s). Logging metrics to %s instead.", _one_line(error),
+                    save_dir / "csv" / "metrics.csv")
+        return CSVLogger(save_dir, name="csv", version="")
+    finally:
+        # Lightning's offline mode sets WANDB_MODE=dryrun for the whole process; the next job of a
+        # multirun must see the user's own setting again.
+        if mode is None:
+            os.environ.pop("WANDB_MODE", None)
+        else:
+            os.environ["WANDB_MODE"] = mode
+
+
+def _start_online(logger: WandbLogger) -> str | None:
+    """Start the logger's W&B run online; None when it started, else why not."""
+    import wandb
+
+    try:
+        # With no API key, wandb.init prompts on a terminal and waits for an answer that may never come.
+        if os.environ.get("WANDB_MODE") not in ("offline", "dryrun", "disabled") and not wandb.login(prompt=False, verify=False):
+            return "no W&B API key: run `wandb login` or set WANDB_API_KEY"
+        logger.experiment  # starts the run now, so an unreachable server shows here and not mid-fit
+    except Exception as error:
+        return _one_line(error)
+    return None
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())[:500]
+
+
+class UserInputError(CompactHydraException):
+    """A ConfigError or DataError leaving a Hydra app: Hydra prints a CompactHydraException's message
+    alone, without frames; HYDRA_FULL_ERROR=1 still shows the whole chain."""
+
+
+def user_error(error: BaseException | None) -> ConfigError | DataError | None:
+    """The ConfigError or DataError behind an exception (Hydra's instantiate wraps a constructor's error)."""
+    while error is not None and not isinstance(error, (ConfigError, DataError)):
+        error = error.__cause__
+    return error
+
+
+def short_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Wrap a Hydra task function so that a ConfigError or DataError prints as its message alone, and
+    the traceback goes to the job's log file (<run dir>/<job name>.log) instead of the screen."""
+
+    @functools.wraps(task)
+    def run(cfg: DictConfig) -> Any:
+        try:
+            return task(cfg)
+        except Exception as error:
+            cause = user_error(error)
+            if cause is None:
+                raise
+            message = f"{type(cause).__name__}: {cause}"
+            files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)
+                     and h.baseFilename != os.devnull]
+            record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (message,),
+                                    (type(error), error, error.__traceback__))
+            for handler in files:
+                handler.handle(record)
+            where = f"the traceback is in {files[0].baseFilename}" if files else "HYDRA_FULL_ERROR=1 shows the traceback"
+            raise UserInputError(f"{message}\n({where})") from error
+
+    return run

@@ -20,7 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmlab.config import CONFIG_DIR
 from rmlab.hardware import cpu_bf16_speedup
-from rmlab.launch import check_launch, check_shared_run_dir, resume_checkpoint, resumed_logger_settings
+from rmlab.launch import (check_launch, check_shared_run_dir, resume_checkpoint, resumed_logger_settings, short_user_errors,
+                          start_logger)
+from rmlab.preflight import check_config, check_disk_space
 from rmlab.sweep import name_sweep_run
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ def train(cfg: DictConfig) -> dict:
     """Fit, test the best checkpoint, write summary.json into the run dir; return the summary."""
     start = time.time()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    check_config(cfg, run_dir)  # unknown keys, devices, pooling, writable dirs: before anything is built
     L.seed_everything(cfg.seed, workers=True)
     if cfg.trainer.precision == "auto":
         cfg.trainer.precision = best_precision(str(cfg.trainer.accelerator))
@@ -45,13 +48,14 @@ def train(cfg: DictConfig) -> dict:
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
+    check_disk_space(cfg, model)  # its checkpoints, from the model's size
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     if cfg.get("diagnostics"):
         callbacks.append(instantiate(cfg.diagnostics))
     name_sweep_run(cfg)  # multirun: W&B group = sweep dir, run name = overrides
     resume_from = resume_checkpoint(cfg, run_dir)
     logger_settings = resumed_logger_settings(cfg, run_dir) if resume_from and cfg.get("logger") else {}
-    logger = instantiate(cfg.logger, **logger_settings) if cfg.get("logger") else False
+    logger = start_logger(cfg.logger, logger_settings) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     model.run_config = resolved  # stored in every checkpoint (see RewardModel.on_save_checkpoint)
@@ -97,6 +101,7 @@ def train(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@short_user_errors  # a ConfigError/DataError prints its message, not a screen of frames
 def main(cfg: DictConfig) -> float:
     check_launch(cfg)
     check_shared_run_dir()

@@ -1,16 +1,16 @@
 """Every option of every config group composes, its keys bind to its constructor, and the cheap
 parts instantiate."""
 
-import inspect
 from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import get_method, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from conftest import compose_train
 from rmlab.config import CONFIG_DIR
+from rmlab.preflight import check_keys
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONFIG_DIR).iterdir() if g.is_dir()}
 OPTIONS = [(group, option) for group, options in sorted(GROUPS.items()) for option in options]
@@ -34,15 +34,6 @@ def _targets(node, path="") -> list[tuple[str, DictConfig]]:
     return found
 
 
-def _check_binds(path: str, node: DictConfig) -> None:
-    target = get_method(node._target_) if "." in node._target_ else None
-    params = inspect.signature(target).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return
-    unknown = {k for k in node if not k.startswith("_")} - set(params)
-    assert not unknown, f"{path} ({node._target_}): keys {unknown} are not parameters"
-
-
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_binds(group, option, tmp_path):
     if group in PLUGIN_GROUPS:
@@ -54,8 +45,7 @@ def test_option_composes_and_binds(group, option, tmp_path):
     targets = _targets(resolved)
     assert {"model", "model.pooling", "model.loss", "data", "trainer"} <= {p for p, _ in targets}
     assert (cfg.data.source is None) == ("path" in cfg.data)  # a source, or local files
-    for path, node in targets:
-        _check_binds(path, node)
+    check_keys(resolved)  # every key binds to its constructor (rmlab.preflight, as train() checks it)
 
     # Cheap parts instantiate for real.
     pooling = instantiate(cfg.model.pooling)
@@ -112,7 +102,7 @@ def test_evaluate_data_options_merge_onto_the_checkpoints_config(data, tmp_path)
         assert merged["max_length"] == run_cfg.data.max_length
     else:
         assert merged["source"]["_target_"] == cfg.data.source._target_ and split == "val"
-    _check_binds("data", OmegaConf.create(merged))
+    check_keys(OmegaConf.create({"data": merged}))
 
 
 def test_evaluate_without_data_keeps_the_checkpoints_data(tmp_path):

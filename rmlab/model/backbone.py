@@ -15,8 +15,10 @@ import os
 import shutil
 from pathlib import Path
 
+from rmlab.errors import ConfigError
 from rmlab.hardware import cache_root
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +79,42 @@ def load_tokenizer(
     gguf_file: str | None = None,
     trust_remote_code: bool = False,
     revision: str | None = None,
+    pad_token: str | None = None,
     **_: object,
 ) -> PreTrainedTokenizerBase:
-    """The backbone's tokenizer, with a pad token guaranteed (eos when the model has none)."""
+    """The backbone's tokenizer, with a pad token guaranteed: `pad_token` if given (a token of its
+    vocabulary), else its own, else eos. Any token can pad: pooling reads the attention mask, never the ids."""
     tokenizer = AutoTokenizer.from_pretrained(
         local_source(name_or_path, gguf_file), trust_remote_code=trust_remote_code, revision=revision
     )
-    if tokenizer.pad_token is None:
-        # Decoders such as GPT-2 have no pad token; reusing eos is safe because pooling reads the
-        # attention mask, never the token ids.
+    if pad_token is not None:
+        # A new token would get an id past the embedding matrix; only existing tokens are safe.
+        if pad_token not in tokenizer.get_vocab():
+            raise ConfigError(f"model.backbone.pad_token={pad_token!r} is not a token of {name_or_path}'s vocabulary; "
+                              f"name an existing one, e.g. {_pad_override(tokenizer)}")
+        tokenizer.pad_token = pad_token
+    elif tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(f"the tokenizer of {name_or_path} has no pad token and no eos token to pad with. Name one "
+                              f"of its tokens as the pad token, e.g. {_pad_override(tokenizer)} (any token works: "
+                              "pooling reads the attention mask, never the pad ids).")
+        # Decoders such as GPT-2 have no pad token: they pad with eos.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _pad_override(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The command-line override that pads with an existing token (quoted: Hydra reads [UNK] as a list)."""
+    token = tokenizer.unk_token or tokenizer.sep_token or tokenizer.cls_token or tokenizer.convert_ids_to_tokens(0)
+    return f"'++model.backbone.pad_token=\"{token}\"'"
+
+
+def is_causal_decoder(config: PretrainedConfig) -> bool:
+    """A decoder-only model (GPT-2, Llama, Qwen, SmolLM2): each position sees only itself and earlier ones.
+    BERT-style encoders also have causal-LM classes, so masked-LM models count as encoders."""
+    model_type = config.model_type
+    return (not getattr(config, "is_encoder_decoder", False) and model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
 
 def load_backbone(
@@ -97,8 +124,10 @@ def load_backbone(
     revision: str | None = None,
     attn_implementation: str | None = None,
     gradient_checkpointing: bool = False,
+    pad_token: str | None = None,
 ) -> PreTrainedModel:
-    """The base transformer (AutoModel: hidden states out, no vocabulary projection)."""
+    """The base transformer (AutoModel: hidden states out, no vocabulary projection). `pad_token` is
+    read by load_tokenizer (both take model.backbone); pad positions never reach a reward."""
     kwargs = {"trust_remote_code": trust_remote_code, "revision": revision}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
