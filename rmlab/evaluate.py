@@ -51,6 +51,8 @@ def data_config(run_cfg: DictConfig, overrides: DictConfig | None, split: str) -
     if given.get("path") or given.get("test_path"):
         given.update(source=None, test_path=given.get("test_path") or given["path"], path=None, val_path=None)
         split = "test"
+    if given.get("source") is not None:  # another source replaces the checkpoint's, never merges into it
+        run_cfg = OmegaConf.merge(run_cfg, {"data": {"source": None}})
     merged = OmegaConf.merge(run_cfg, {"data": given})  # interpolations in `given` resolve against the run config
     return OmegaConf.to_container(merged.data, resolve=True), split
 
