@@ -17,23 +17,49 @@ import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rmlab.config import CONFIG_DIR
+from rmlab.errors import ConfigError
+from rmlab.launch import short_user_errors
 from rmlab.model.module import RewardModel
 from rmlab.train import best_precision
 
 log = logging.getLogger(__name__)
 
 
-def load_checkpoint(path: str) -> dict:
+# What a checkpoint's stored config may name as a `_target_`: instantiate would call anything else
+# it names, so a checkpoint from elsewhere could run code that weights_only=True keeps out.
+TRUSTED_TARGETS = ("rmlab.", "torch.", "transformers.", "lightning.")
+
+
+def load_checkpoint(path: str, trust_remote_code: bool = False) -> dict:
+    """A checkpoint written by rmlab.train, loaded without unpickling code (weights_only=True). Its
+    config may only build rmlab/torch/transformers/lightning objects, and a backbone with
+    trust_remote_code needs the caller's trust_remote_code=true."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"ckpt={path!r}: no such file ({file.resolve()})")
     checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     if not checkpoint.get("rmlab_config"):
         raise ValueError(f"ckpt={path!r} has no rmlab config: it was not written by rmlab.train")
+    if not trust_remote_code:
+        run_cfg = OmegaConf.create(checkpoint["rmlab_config"])
+        foreign = [t for t in _targets(run_cfg) if not t.startswith(TRUSTED_TARGETS)]
+        if foreign or OmegaConf.select(run_cfg, "model.backbone.trust_remote_code"):
+            what = f"builds {foreign}" if foreign else "loads its backbone with trust_remote_code=true"
+            raise ConfigError(f"ckpt={path!r} {what}, which runs code from outside rmlab, torch and transformers; "
+                              "if you trust where the checkpoint came from, add trust_remote_code=true")
     return checkpoint
+
+
+def _targets(node) -> list[str]:
+    if isinstance(node, DictConfig):
+        own = [str(node["_target_"])] if "_target_" in node else []
+        return own + [t for key in node if key != "_target_" for t in _targets(node[key])]
+    if isinstance(node, ListConfig):
+        return [t for item in node for t in _targets(item)]
+    return []
 
 
 def load_reward_model(checkpoint: dict) -> tuple[RewardModel, DictConfig]:
@@ -61,7 +87,7 @@ def evaluate(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.split not in ("test", "val"):
         raise ValueError(f"split={cfg.split!r}; choose test or val")
-    model, run_cfg = load_reward_model(load_checkpoint(cfg.ckpt))
+    model, run_cfg = load_reward_model(load_checkpoint(cfg.ckpt, cfg.trust_remote_code))
     data_cfg, split = data_config(run_cfg, cfg.get("data"), cfg.split)
     datamodule = instantiate(data_cfg)
 
@@ -83,6 +109,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+@short_user_errors  # a ConfigError/DataError prints its message, not a screen of frames
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

@@ -43,6 +43,7 @@ from rmlab.config import CONFIG_DIR
 from rmlab.data.collate import PairCollator
 from rmlab.data.tokenize import special_token_frame, tokenize_pair, use_chat_template
 from rmlab.evaluate import load_checkpoint, load_reward_model
+from rmlab.launch import short_user_errors
 from rmlab.model.backbone import load_tokenizer
 from rmlab.model.module import RewardModel
 
@@ -262,7 +263,7 @@ def export(cfg: DictConfig) -> dict:
     out = Path(cfg.out).expanduser()
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise FileExistsError(f"out={cfg.out!r} exists and is not empty; choose another folder or set overwrite=true")
-    model, run_cfg = load_reward_model(load_checkpoint(cfg.ckpt))
+    model, run_cfg = load_reward_model(load_checkpoint(cfg.ckpt, cfg.trust_remote_code))
     if hasattr(model.backbone, "merge_and_unload"):  # LoRA (peft): fold the adapters into the weights
         model.backbone = model.backbone.merge_and_unload()
     pooling = POOLINGS.get(run_cfg.model.pooling._target_)
@@ -308,6 +309,7 @@ def export(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
+@short_user_errors  # a ConfigError/DataError prints its message, not a screen of frames
 def main(cfg: DictConfig) -> None:
     export(cfg)
 

@@ -30,6 +30,7 @@ from rmlab.data.formats import FORMATS, PairFormatError, detect_format, to_pair
 from rmlab.errors import DataError
 from rmlab.evaluate import load_checkpoint, load_reward_model
 from rmlab.export import encoder, rmlab_tokenizer
+from rmlab.launch import short_user_errors
 
 log = logging.getLogger(__name__)
 SINGLE = "single"  # one (prompt, response) per row
@@ -95,7 +96,7 @@ class Scorer:
             # transformers' own heads number positions 0..L-1 even for left-padded rows; rmlab's come from the mask.
             self.positions_from_mask = "position_ids" in inspect.signature(self.model.forward).parameters
         else:
-            self.model, run_cfg = load_reward_model(load_checkpoint(model_path))
+            self.model, run_cfg = load_reward_model(load_checkpoint(model_path, trust_remote_code))
             (self.tokenizer, self.settings), self.exported = rmlab_tokenizer(run_cfg), False
         self.device = torch.device(device)
         self.model.eval().to(self.device)
@@ -210,6 +211,7 @@ def score(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="score")
+@short_user_errors  # a ConfigError/DataError prints its message, not a screen of frames
 def main(cfg: DictConfig) -> None:
     score(cfg)
 

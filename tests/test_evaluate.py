@@ -113,3 +113,23 @@ def test_ddp_evaluation_gives_the_single_process_report(checkpoint, tmp_path):
     assert ddp["length"]["length_spearman"] == pytest.approx(single["length"]["length_spearman"], abs=1e-5)
     assert {k: (v["n"], round(v["acc"], 5)) for k, v in ddp["probes"].items()} == \
         {k: (v["n"], round(v["acc"], 5)) for k, v in single["probes"].items()}
+
+
+def test_a_checkpoint_that_would_build_foreign_code_is_refused_unless_trusted(tmp_path):
+    """weights_only=True keeps pickled code out; the stored config's _target_s are the other way in."""
+    import torch
+
+    from rmlab.errors import ConfigError
+    from rmlab.evaluate import load_checkpoint
+
+    cases = {
+        "foreign.ckpt": ({"model": {"_target_": "os.system", "command": "echo hi"}}, r"builds \['os.system'\]"),
+        "remote.ckpt": ({"model": {"_target_": "rmlab.model.module.RewardModel",
+                                   "backbone": {"name_or_path": "some/hub-model", "trust_remote_code": True}}},
+                        "loads its backbone with trust_remote_code=true"),
+    }
+    for name, (config, problem) in cases.items():
+        torch.save({"rmlab_config": config, "state_dict": {}}, tmp_path / name)
+        with pytest.raises(ConfigError, match=problem + ".*add trust_remote_code=true"):
+            load_checkpoint(str(tmp_path / name))
+        assert load_checkpoint(str(tmp_path / name), trust_remote_code=True)["rmlab_config"] == config
