@@ -7,6 +7,7 @@ import functools
 import logging
 import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,7 +63,7 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
         path = Path(cfg.ckpt_path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r}: no such file ({path.resolve()})")
-        return str(path)
+        return _complete(path, f"ckpt_path={cfg.ckpt_path}")
     resume = cfg.get("resume")
     if resume in (None, False, "never"):
         return None
@@ -73,7 +74,19 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     if not last.is_file():
         log.info("resume=auto: no %s yet, starting fresh", last)
         return None
-    return str(last)
+    return _complete(last, "resume=auto")
+
+
+def _complete(path: Path, option: str) -> str:
+    """`path` if it is a whole checkpoint file (torch.save writes a zip archive; a truncated one has
+    lost its central directory at the end), else a ConfigError saying what to do."""
+    if not zipfile.is_zipfile(path):
+        others = sorted(p.name for p in path.parent.glob("*.ckpt") if p != path)
+        raise ConfigError(f"{option}: {path} is not a complete checkpoint (truncated or damaged: copied incompletely, "
+                          "a full disk, or a save killed midway by an rmlab older than its atomic saves). Continue from "
+                          f"another checkpoint with ckpt_path=<file> ({', '.join(others) or 'none beside it'}), or move "
+                          "it aside to start fresh.")
+    return str(path)
 
 
 def resumed_logger_settings(cfg: DictConfig, run_dir: Path) -> dict:
@@ -137,19 +150,20 @@ def _one_line(error: Exception) -> str:
 
 
 class UserInputError(CompactHydraException):
-    """A ConfigError or DataError leaving a Hydra app: Hydra prints a CompactHydraException's message
+    """A ConfigError, DataError or missing file leaving a Hydra app: Hydra prints a CompactHydraException's message
     alone, without frames; HYDRA_FULL_ERROR=1 still shows the whole chain."""
 
 
-def user_error(error: BaseException | None) -> ConfigError | DataError | None:
-    """The ConfigError or DataError behind an exception (Hydra's instantiate wraps a constructor's error)."""
-    while error is not None and not isinstance(error, (ConfigError, DataError)):
+def user_error(error: BaseException | None) -> Exception | None:
+    """The ConfigError, DataError or FileNotFoundError (a path the user gave) behind an exception
+    (Hydra's instantiate wraps a constructor's error)."""
+    while error is not None and not isinstance(error, (ConfigError, DataError, FileNotFoundError)):
         error = error.__cause__
     return error
 
 
 def short_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Wrap a Hydra task function so that a ConfigError or DataError prints as its message alone, and
+    """Wrap a Hydra task function so that a user-input error (user_error) prints as its message alone, and
     the traceback goes to the job's log file (<run dir>/<job name>.log) instead of the screen."""
 
     @functools.wraps(task)

@@ -83,7 +83,7 @@ def train(cfg: DictConfig) -> dict:
             "train/skipped_nonfinite": model.skipped_nonfinite,
         }
         if cfg.test_after_fit:
-            trainer.test(model, datamodule=datamodule, ckpt_path=best)  # the path: "best" is ambiguous with last.ckpt
+            trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)  # the path: "best" is ambiguous with last.ckpt
             summary.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
         summary.update(data_stats)
         summary.update({

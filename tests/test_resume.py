@@ -1,11 +1,14 @@
 """resume=auto / ckpt_path: a run stopped mid-epoch and resumed ends where an uninterrupted run ends."""
 
 import json
+import re
 
 import lightning as L
 import pytest
+import torch
 
 from conftest import compose_train
+from rmlab.errors import ConfigError
 from rmlab.launch import resume_checkpoint, resumed_logger_settings
 from rmlab.train import train
 
@@ -53,8 +56,17 @@ def test_resume_auto_without_a_checkpoint_starts_fresh_and_a_missing_ckpt_path_i
     cfg = compose_train(["resume=auto"], tmp_path)
     assert resume_checkpoint(cfg, tmp_path) is None
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
-    assert resume_checkpoint(cfg, tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    torch.save({"global_step": 3}, last)
+    assert resume_checkpoint(cfg, tmp_path) == str(last)
+    # A truncated file (a copy cut short, a full disk) is refused with what to do, not torch's zip error.
+    last.write_bytes(last.read_bytes()[:-100])
+    torch.save({"global_step": 2}, tmp_path / "checkpoints" / "best-epoch0-step2.ckpt")
+    with pytest.raises(ConfigError, match=re.escape(f"resume=auto: {last} is not a complete checkpoint") +
+                       ".*ckpt_path=<file> \\(best-epoch0-step2.ckpt\\), or move it aside"):
+        resume_checkpoint(cfg, tmp_path)
+    with pytest.raises(ConfigError, match="ckpt_path=.*last.ckpt: .* is not a complete checkpoint"):
+        resume_checkpoint(compose_train([f"ckpt_path={last}"], tmp_path), tmp_path)
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
         resume_checkpoint(compose_train(["ckpt_path=nope.ckpt"], tmp_path), tmp_path)
     with pytest.raises(ValueError, match="resume='yes'"):
