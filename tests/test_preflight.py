@@ -298,7 +298,9 @@ def test_export_and_score_trust_no_remote_code_by_default():
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        assert compose("export", overrides=["ckpt=x", "out=y"]).remote_code is False
+        export = compose("export", overrides=["ckpt=x", "out=y"])
+        assert export.remote_code is False and export.trust_remote_code is False
+        assert compose("evaluate", overrides=["ckpt=x"]).trust_remote_code is False
         assert compose("score", overrides=["model_path=x", "out=y", "data.path=z"]).trust_remote_code is False
 
 
