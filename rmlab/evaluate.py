@@ -17,12 +17,13 @@ import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from rmlab.config import CONFIG_DIR
 from rmlab.errors import ConfigError
 from rmlab.launch import short_user_errors
 from rmlab.model.module import RewardModel
+from rmlab.preflight import config_nodes
 from rmlab.train import best_precision
 
 log = logging.getLogger(__name__)
@@ -45,21 +46,13 @@ def load_checkpoint(path: str, trust_remote_code: bool = False) -> dict:
         raise ValueError(f"ckpt={path!r} has no rmlab config: it was not written by rmlab.train")
     if not trust_remote_code:
         run_cfg = OmegaConf.create(checkpoint["rmlab_config"])
-        foreign = [t for t in _targets(run_cfg) if not t.startswith(TRUSTED_TARGETS)]
+        targets = [str(node._target_) for _, node in config_nodes(run_cfg) if "_target_" in node]  # nothing imported
+        foreign = [t for t in targets if not t.startswith(TRUSTED_TARGETS)]
         if foreign or OmegaConf.select(run_cfg, "model.backbone.trust_remote_code"):
             what = f"builds {foreign}" if foreign else "loads its backbone with trust_remote_code=true"
             raise ConfigError(f"ckpt={path!r} {what}, which runs code from outside rmlab, torch and transformers; "
                               "if you trust where the checkpoint came from, add trust_remote_code=true")
     return checkpoint
-
-
-def _targets(node) -> list[str]:
-    if isinstance(node, DictConfig):
-        own = [str(node["_target_"])] if "_target_" in node else []
-        return own + [t for key in node if key != "_target_" for t in _targets(node[key])]
-    if isinstance(node, ListConfig):
-        return [t for item in node for t in _targets(item)]
-    return []
 
 
 def load_reward_model(checkpoint: dict) -> tuple[RewardModel, DictConfig]:

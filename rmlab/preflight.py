@@ -49,23 +49,30 @@ def check_keys(cfg: DictConfig) -> None:
         raise ConfigError("\n".join(problems))
 
 
-def _bound_nodes(node, path: str = "") -> Iterator[tuple[str, DictConfig, Callable]]:
-    """(path, node, callable it binds to) for every node with a _target_, and the BOUND_WITHOUT_TARGET dicts."""
+def config_nodes(node, path: str = "") -> Iterator[tuple[str, DictConfig]]:
+    """(path, node) for every dict node of a config, depth first, lists included; None, missing
+    and interpolated values are not walked (nothing is resolved)."""
     if isinstance(node, ListConfig) and not node._is_none() and not node._is_interpolation():
         for index in range(len(node)):
-            yield from _bound_nodes(node._get_node(index), f"{path}[{index}]")
+            yield from config_nodes(node._get_node(index), f"{path}[{index}]")
     if not isinstance(node, DictConfig) or node._is_none() or node._is_missing() or node._is_interpolation():
         return
-    if "_target_" in node:
-        try:
-            yield path, node, get_object(str(node._target_))
-        except Exception as error:
-            raise ConfigError(f"{path}._target_={node._target_!r} cannot be imported ({error}); check its spelling "
-                              "or install the package that provides it") from error
-    elif path in BOUND_WITHOUT_TARGET:
-        yield path, node, BOUND_WITHOUT_TARGET[path]
+    yield path, node
     for key in node:
-        yield from _bound_nodes(node._get_node(key), f"{path}.{key}".lstrip("."))
+        yield from config_nodes(node._get_node(key), f"{path}.{key}".lstrip("."))
+
+
+def _bound_nodes(cfg: DictConfig) -> Iterator[tuple[str, DictConfig, Callable]]:
+    """(path, node, callable it binds to) for every node with a _target_, and the BOUND_WITHOUT_TARGET dicts."""
+    for path, node in config_nodes(cfg):
+        if "_target_" in node:
+            try:
+                yield path, node, get_object(str(node._target_))
+            except Exception as error:
+                raise ConfigError(f"{path}._target_={node._target_!r} cannot be imported ({error}); check its spelling "
+                                  "or install the package that provides it") from error
+        elif path in BOUND_WITHOUT_TARGET:
+            yield path, node, BOUND_WITHOUT_TARGET[path]
 
 
 def _suggest(path: str, key: str, names: list[str], node: DictConfig) -> str:

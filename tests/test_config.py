@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from conftest import compose_train
 from rmlab.config import CONFIG_DIR
-from rmlab.preflight import check_keys
+from rmlab.preflight import check_keys, config_nodes
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONFIG_DIR).iterdir() if g.is_dir()}
 OPTIONS = [(group, option) for group, options in sorted(GROUPS.items()) for option in options]
@@ -24,16 +24,6 @@ def test_every_group_has_options():
     assert {"minilm", "smollm2_135m"} <= set(GROUPS["model"])
 
 
-def _targets(node, path="") -> list[tuple[str, DictConfig]]:
-    found = []
-    if isinstance(node, DictConfig):
-        if "_target_" in node:
-            found.append((path, node))
-        for key in node:
-            found += _targets(node._get_node(key), f"{path}.{key}".lstrip("."))
-    return found
-
-
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_binds(group, option, tmp_path):
     if group in PLUGIN_GROUPS:
@@ -42,8 +32,8 @@ def test_option_composes_and_binds(group, option, tmp_path):
     cfg = compose_train([f"{prefix}{group}={option}", *REQUIRED.get((group, option), [])], tmp_path)
     assert OmegaConf.select(cfg, group if group not in ("pooling", "experiment", "hparams_search") else "model.pooling") is not None
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    targets = _targets(resolved)
-    assert {"model", "model.pooling", "model.loss", "data", "trainer"} <= {p for p, _ in targets}
+    targets = {path for path, node in config_nodes(resolved) if "_target_" in node}
+    assert {"model", "model.pooling", "model.loss", "data", "trainer"} <= targets
     assert (cfg.data.source is None) == ("path" in cfg.data)  # a source, or local files
     check_keys(resolved)  # every key binds to its constructor (rmlab.preflight, as train() checks it)
 
