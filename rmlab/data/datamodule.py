@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Callable
 
 import lightning as L
@@ -131,8 +131,9 @@ class PreferenceDataModule(L.LightningDataModule):
         the metadata columns kept beside the pair (the other fields of that row)."""
         skipped, policy = [], self.on_bad_row
         for index in range(len(raw)):
-            fields, problem = _fields(raw[index], from_file)
-            where = raw[index]["origin"] if from_file else f"{origin} row {index + 1}"
+            row = raw[index]
+            fields, problem = _fields(row, from_file)
+            where = row["origin"] if from_file else f"{origin} row {index + 1}"
             if problem is None and not isinstance(fields, Mapping):
                 problem = f"expected an object with named fields, got {type(fields).__name__}"
             if problem is None:
@@ -189,7 +190,8 @@ class PreferenceDataModule(L.LightningDataModule):
         pairs = raw.map(normalise, with_indices=True, remove_columns=drop, desc=f"reading {origin}")
         bad = [i for i, problem in enumerate(pairs["problem"]) if problem is not None]
         if bad:
-            origins, problems = pairs.select(bad)["origin"], pairs.select(bad)["problem"]
+            rejected = pairs.select(bad)
+            origins, problems = rejected["origin"], rejected["problem"]
             rows = [_fields(r, from_file)[0] for r in raw.select(bad)]
             self.rejects += [{"split": split, "origin": o, "problem": p, "row": r} for o, p, r in zip(origins, problems, rows)]
             if len(bad) == len(pairs):
