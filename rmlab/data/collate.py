@@ -1,10 +1,30 @@
-"""Dynamic padding: a batch of B pairs becomes one [2B, L] tensor (chosen rows, then rejected rows)."""
+"""Batches of pairs.
+
+PairCollator: dynamic padding; a batch of B pairs becomes one [2B, L] tensor (chosen rows, then
+rejected rows). SharedPromptCollator (causal decoders only): each pair becomes ONE row
+[prompt | chosen | rejected], so the prompt is computed once; `segments` says which part each
+position belongs to, and RewardModel builds the attention mask that keeps the two responses
+apart (each sees the prompt and itself), with position ids that restart the rejected response
+where the chosen one started. Rewards equal the unpacked ones (tests/test_packing.py).
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
+
+PACKING = ("none", "shared_prompt")
+PAD, PROMPT, CHOSEN, REJECTED = -1, 0, 1, 2  # `segments` values
+
+
+def _pair_extras(features: list[dict[str, Any]], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if "index" in features[0]:
+        batch["index"] = torch.tensor([int(f["index"]) for f in features])
+    if "margin" in features[0]:
+        batch["margin"] = torch.tensor([float(f["margin"]) for f in features])
+    return batch
 
 
 class PairCollator:
@@ -27,8 +47,66 @@ class PairCollator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = self.pad([f["chosen_input_ids"] for f in features] + [f["rejected_input_ids"] for f in features])
-        if "index" in features[0]:
-            batch["index"] = torch.tensor([int(f["index"]) for f in features])
-        if "margin" in features[0]:
-            batch["margin"] = torch.tensor([float(f["margin"]) for f in features])
-        return batch
+        return _pair_extras(features, batch)
+
+
+def shared_prefix(chosen: list[int], rejected: list[int]) -> int:
+    """Tokens the two sequences share at their start (the prompt, and any common start of the replies),
+    leaving each side at least one token of its own (its reward is read there)."""
+    limit = min(len(chosen), len(rejected)) - 1
+    return min(len(os.path.commonprefix([chosen, rejected])), max(limit, 0))
+
+
+def pack_pair(chosen: list[int], rejected: list[int]) -> tuple[list[int], list[int], list[int]]:
+    """One row for a pair: (token ids, segments, position ids) of [shared | chosen rest | rejected rest]."""
+    p = shared_prefix(chosen, rejected)
+    ids = chosen + rejected[p:]
+    segments = [PROMPT] * p + [CHOSEN] * (len(chosen) - p) + [REJECTED] * (len(rejected) - p)
+    positions = list(range(len(chosen))) + list(range(p, len(rejected)))
+    return ids, segments, positions
+
+
+class SharedPromptCollator:
+    """[B, L] rows of packed pairs: input_ids, segments (PAD/PROMPT/CHOSEN/REJECTED), position_ids."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        rows = [pack_pair(f["chosen_input_ids"], f["rejected_input_ids"]) for f in features]
+        length = max(len(ids) for ids, _, _ in rows)
+        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        segments = torch.full((len(rows), length), PAD, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), length), dtype=torch.long)
+        for row, (ids, seg, pos) in enumerate(rows):
+            input_ids[row, :len(ids)] = torch.tensor(ids)
+            segments[row, :len(ids)] = torch.tensor(seg)
+            position_ids[row, :len(ids)] = torch.tensor(pos)
+        return _pair_extras(features, {"input_ids": input_ids, "segments": segments, "position_ids": position_ids})
+
+
+def make_collator(packing: str, pad_token_id: int, padding_side: str):
+    if packing not in PACKING:
+        raise ValueError(f"data.packing={packing!r}; choose one of {PACKING}")
+    return SharedPromptCollator(pad_token_id) if packing == "shared_prompt" else PairCollator(pad_token_id, padding_side)
+
+
+def packed_attention(segments: torch.Tensor) -> torch.Tensor:
+    """[B, 1, L, L] boolean mask (True: may attend) for SharedPromptCollator rows: causal, and a
+    response sees the shared part and itself, never the other response. A pad position sees
+    itself only (a query row with nothing to attend to would make attention NaN)."""
+    length = segments.shape[1]
+    order = torch.arange(length, device=segments.device)
+    causal = order[None, :] <= order[:, None]                      # [L(query), L(key)]
+    query, key = segments[:, :, None], segments[:, None, :]
+    visible = (key == PROMPT) | (key == query)
+    mask = causal & visible & (key != PAD) & (query != PAD)
+    mask |= torch.eye(length, dtype=torch.bool, device=segments.device)
+    return mask[:, None]
+
+
+def sequence_masks(segments: torch.Tensor) -> torch.Tensor:
+    """[2B, L]: which positions of each packed row make up the chosen sequence (rows [0, B)) and
+    the rejected one (rows [B, 2B)); the mask a pooling reads in place of an attention mask."""
+    shared = segments == PROMPT
+    return torch.cat([shared | (segments == CHOSEN), shared | (segments == REJECTED)]).long()

@@ -10,8 +10,9 @@ import lightning as L
 import torch
 from torch import nn
 
+from rmlab.data.collate import packed_attention, sequence_masks
 from rmlab.errors import ConfigError
-from rmlab.model.backbone import apply_lora, load_backbone
+from rmlab.model.backbone import apply_lora, is_causal_decoder, load_backbone
 
 log = logging.getLogger(__name__)
 NONFINITE_POLICIES = ("stop", "skip")
@@ -86,6 +87,7 @@ class RewardModel(L.LightningModule):
         # Models that build positions from arange (Llama, BERT) would shift left-padded rows.
         # (Read before a LoRA wrapper hides the signature behind **kwargs.)
         self._accepts_position_ids = "position_ids" in inspect.signature(self.backbone.forward).parameters
+        self._causal = is_causal_decoder(self.backbone.config)  # data.packing=shared_prompt needs one
         if disable_dropout:
             # As in TRL's RewardTrainer default: dropout makes chosen and rejected rows of one
             # pair see different noise, which adds variance to the margin the loss reads.
@@ -138,8 +140,31 @@ class RewardModel(L.LightningModule):
         hidden = self.backbone(**kwargs).last_hidden_state
         return self.head(self.pooling(hidden, attention_mask)).squeeze(-1).float()
 
+    def packed_rewards(self, input_ids: torch.Tensor, segments: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Rewards of SharedPromptCollator rows (one row per pair, the prompt computed once):
+        [chosen rewards, rejected rewards], as forward() gives for the unpacked rows."""
+        if not (self._causal and self._accepts_position_ids):
+            raise ConfigError(f"data.packing=shared_prompt needs a causal decoder that takes position ids; "
+                              f"{type(self.backbone).__name__} is not one (its prompt tokens would see the replies). "
+                              "Use data.packing=none")
+        mask = packed_attention(segments)
+        attention = getattr(self.backbone.config, "_attn_implementation", "sdpa")
+        if attention == "eager":  # eager attention adds its mask to the scores
+            mask = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
+        elif attention != "sdpa":
+            raise ConfigError(f"data.packing=shared_prompt builds its own attention mask, which "
+                              f"attn_implementation={attention!r} cannot take; use sdpa or eager, or data.packing=none")
+        hidden = self.backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
+        sides = sequence_masks(segments)  # [2B, L]: chosen sequences, then rejected ones
+        half = len(input_ids)
+        pooled = torch.cat([self.pooling(hidden, sides[:half]), self.pooling(hidden, sides[half:])])
+        return self.head(pooled).squeeze(-1).float()
+
     def _pair_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rewards = self(batch["input_ids"], batch["attention_mask"])
+        if "segments" in batch:
+            rewards = self.packed_rewards(batch["input_ids"], batch["segments"], batch["position_ids"])
+        else:
+            rewards = self(batch["input_ids"], batch["attention_mask"])
         reward_chosen, reward_rejected = rewards.chunk(2)
         loss = self.loss_fn(reward_chosen, reward_rejected, batch.get("margin"))
         return loss, reward_chosen, reward_rejected
