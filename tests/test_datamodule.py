@@ -187,9 +187,11 @@ def test_collator_pads_dynamically_on_the_tokenizer_side(tmp_path):
     dm = datamodule(write_jsonl(tmp_path / "p.jsonl", rows), batch_size=2, padding_side="left")
     batch = next(iter(dm.val_dataloader()))
     assert batch["input_ids"].shape == (4, 3 + 1 + 6)  # longest row in this batch, not max_length
-    assert batch["attention_mask"].sum(dim=1).tolist() == [5, 10, 5, 5]
-    assert batch["attention_mask"][0, :5].tolist() == [0] * 5  # left padding
-    assert torch.equal(batch["input_ids"][0, :5], torch.zeros(5, dtype=torch.long))
+    # Evaluation batches come longest pair first (rows: chosen, chosen, rejected, rejected).
+    assert batch["index"].tolist() == [1, 0]
+    assert batch["attention_mask"].sum(dim=1).tolist() == [10, 5, 5, 5]
+    assert batch["attention_mask"][1, :5].tolist() == [0] * 5  # left padding
+    assert torch.equal(batch["input_ids"][1, :5], torch.zeros(5, dtype=torch.long))
 
 
 # -- real data -----------------------------------------------------------------------------------

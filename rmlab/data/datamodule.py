@@ -10,16 +10,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 import lightning as L
+import pyarrow.compute as pc
 from datasets import Dataset
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import DataLoader, DistributedSampler
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from transformers import AutoConfig
 
-from rmlab.data.collate import PairCollator
+from rmlab.data.collate import PACKING, make_collator
 from rmlab.data.formats import FORMATS, PairFormatError, check_pair, detect_format, prompt_key, read_margin, to_pair
 from rmlab.data.sources import SPLITS, LocalFiles, split_of
 from rmlab.data.tokenize import special_token_frame, tokenize_pair, use_chat_template
 from rmlab.errors import DataError
-from rmlab.model.backbone import load_tokenizer
+from rmlab.model.backbone import is_causal_decoder, load_tokenizer, local_source
 
 log = logging.getLogger(__name__)
 BAD_ROW_POLICIES = ("error", "skip")
@@ -53,17 +56,76 @@ def _write_rejects(path: str, rejects: list[dict]) -> None:
             handle.write(json.dumps(reject, ensure_ascii=False, default=str) + "\n")
 
 
+def resolve_packing(packing: str, backbone: dict) -> str:
+    """data.packing=auto: shared_prompt on causal decoders (whose attention can take its mask),
+    none on encoders, where a prompt token would see both replies."""
+    if packing != "auto" and packing not in PACKING:
+        raise ValueError(f"data.packing={packing!r}; choose auto or one of {PACKING}")
+    if packing != "auto":
+        return packing
+    if backbone.get("attn_implementation") not in (None, "sdpa", "eager"):
+        return "none"
+    try:
+        config = AutoConfig.from_pretrained(local_source(backbone["name_or_path"], backbone.get("gguf_file")),
+                                            trust_remote_code=backbone.get("trust_remote_code", False),
+                                            revision=backbone.get("revision"))
+    except (OSError, ValueError):
+        return "none"  # loading the model reports a missing or unknown backbone in its own words
+    return "shared_prompt" if is_causal_decoder(config) else "none"
+
+
 class ResumableSampler(DistributedSampler):
     """A DistributedSampler that starts each pass `skip()` samples in: 0 at an epoch's start, the
     samples already trained on when a run resumes mid-epoch (so it trains on the rest of that
-    epoch's order, not on its start again). Asked when the pass starts, after Lightning restored the step."""
+    epoch's order, not on its start again). Asked when the pass starts, after Lightning restored the step.
 
-    def __init__(self, *args, skip: Callable[[], int] = lambda: 0, **kwargs):
+    With `lengths` and `batch_size` (the global batch: per-process batch x processes) it groups by
+    length: the epoch's seeded permutation is cut into windows of `window` batches, each window is
+    sorted by length and cut into batches, and the batches are shuffled. A batch then holds pairs
+    of similar length, so little of it is padding, while the order stays random at batch level
+    (the idea of Hugging Face's LengthGroupedSampler, here per global batch so that every rank
+    gets a share of the same batch).
+    """
+
+    def __init__(self, *args, skip: Callable[[], int] = lambda: 0, lengths: list[int] | None = None,
+                 batch_size: int = 1, window: int = 64, **kwargs):
         super().__init__(*args, **kwargs)
-        self.skip = skip
+        self.skip, self.lengths, self.global_batch, self.window = skip, lengths, batch_size, window
+
+    def _order(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        n = len(self.dataset)
+        order = torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
+        if self.lengths is not None:
+            span = self.global_batch * self.window
+            windows = [sorted(order[i:i + span], key=lambda j: -self.lengths[j]) for i in range(0, n, span)]
+            flat = [j for w in windows for j in w]
+            batches = [flat[i:i + self.global_batch] for i in range(0, n, self.global_batch)]
+            # A short last batch stays last: in the middle it would shift every later batch's boundary.
+            tail = [batches.pop()] if len(batches[-1]) < self.global_batch else []
+            shuffled = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+            order = [j for b in shuffled + tail for j in b]
+        if len(order) < self.total_size:  # as DistributedSampler: repeat the start so every rank gets as many
+            order += (order * math.ceil(self.total_size / len(order)))[:self.total_size - len(order)]
+        return order[:self.total_size]
 
     def __iter__(self):
-        return iter(list(super().__iter__())[self.skip():])
+        mine = self._order()[self.rank:self.total_size:self.num_replicas]
+        return iter(mine[self.skip():])
+
+
+class LengthSortedSampler(Sampler):
+    """Evaluation order: longest pairs first (little padding per batch; an out-of-memory shows on the
+    first batch). Rewards are matched back to pairs by their index, so the order changes nothing else."""
+
+    def __init__(self, lengths: list[int]):
+        self.order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+    def __iter__(self):
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
 
 
 class PreferenceDataModule(L.LightningDataModule):
@@ -97,6 +159,8 @@ class PreferenceDataModule(L.LightningDataModule):
         num_workers: int = 0,
         on_bad_row: str = "error",
         rejects_file: str | None = None,
+        packing: str = "auto",
+        group_by_length: bool = True,
     ):
         super().__init__()
         has_files = any(p is not None for p in (path, val_path, test_path))
@@ -122,6 +186,8 @@ class PreferenceDataModule(L.LightningDataModule):
         self.frame = ([], [], []) if self.chat_template else special_token_frame(self.tokenizer)
         self.fractions = (val_fraction, test_fraction)
         self.num_workers = num_workers
+        self.packing = resolve_packing(packing, tokenizer)
+        self.group_by_length = group_by_length
         self.splits: dict[str, Dataset] = {}
         self.stats: dict[str, dict[str, int]] = {}
 
@@ -270,22 +336,36 @@ class PreferenceDataModule(L.LightningDataModule):
         return tokenize_pair(pair, self.tokenizer, self.max_length, "truncate", self.chat_template, self.frame)["chosen_input_ids"]
 
     # -- loaders ---------------------------------------------------------------------------
+    def _lengths(self, dataset: Dataset) -> list[int]:
+        """What a pair costs to pad: its longer sequence, or its packed row (chosen + rejected reply)."""
+        table = dataset.with_format("arrow")[:]
+        chosen = pc.list_value_length(table["chosen_input_ids"])
+        other = (table["rejected_response_tokens"] if self.packing == "shared_prompt"
+                 else pc.list_value_length(table["rejected_input_ids"]))
+        combine = pc.add if self.packing == "shared_prompt" else pc.max_element_wise
+        return combine(chosen, other).to_pylist()
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         columns = ["index", "chosen_input_ids", "rejected_input_ids"] + (["margin"] if self.columns["margin"] else [])
-        dataset = self.splits[split].select_columns(columns)
-        sampler = None
+        full = self.splits[split]
+        dataset = full.select_columns(columns)
+        batch_size = self.batch_size if split == "train" else self.eval_batch_size
         if shuffle:
             # The same seeded permutation for any number of processes, dealt out rank by rank: N
             # processes with batch_size b see, step by step, the pairs that 1 process with batch
             # N*b sees (Lightning keeps a DistributedSampler it is given, and sets its epoch).
             world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+            lengths = self._lengths(full) if self.group_by_length else None
             sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed,
-                                       skip=lambda: self._batches_done_in_epoch(len(sampler)) * self.batch_size)
+                                       skip=lambda: self._batches_done_in_epoch(len(sampler)) * self.batch_size,
+                                       lengths=lengths, batch_size=batch_size * world)
+        else:
+            sampler = LengthSortedSampler(self._lengths(full))
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            batch_size=batch_size,
             sampler=sampler,
-            collate_fn=PairCollator(self.tokenizer.pad_token_id, self.tokenizer.padding_side),
+            collate_fn=make_collator(self.packing, self.tokenizer.pad_token_id, self.tokenizer.padding_side),
             num_workers=self.num_workers,
         )
 
