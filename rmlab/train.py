@@ -92,6 +92,7 @@ def train(cfg: DictConfig) -> dict:
             "best_checkpoint": best,
             "wall_time_s": round(time.time() - start, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            **({"peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if torch.cuda.is_available() else {}),
         })
         if trainer.is_global_zero:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

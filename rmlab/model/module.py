@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from typing import Any, Callable
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import nn
 
 from rmlab.data.collate import packed_attention, sequence_masks
@@ -296,11 +298,19 @@ class RewardModel(L.LightningModule):
     def on_test_epoch_end(self):
         self._eval_epoch_end("test")
 
+    def _plain_strategy(self) -> bool:
+        """Single device or DDP: every rank holds whole gradients, so torch can clip them directly."""
+        return isinstance(self.trainer.strategy, (SingleDeviceStrategy, DDPStrategy))
+
     def configure_optimizers(self):
         # No weight decay on biases and norm weights (the usual transformer recipe).
         decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
-        optimizer = self.optimizer_factory(
+        factory = self.optimizer_factory
+        if getattr(factory, "keywords", {}).get("fused") and not self._plain_strategy():
+            # FSDP / DeepSpeed own the gradients (sharded) and their clipping: the per-tensor loop there.
+            factory = functools.partial(factory, fused=False)
+        optimizer = factory(
             [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         )
         if self.scheduler_factory is None:
@@ -310,3 +320,19 @@ class RewardModel(L.LightningModule):
             optimizer=optimizer, num_warmup_steps=int(self.hparams.warmup_ratio * total), num_training_steps=total
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """trainer.gradient_clip_val with a fused optimizer (model.optimizer.fused=true, ~5x faster
+        AdamW steps on CPU). Lightning refuses that pair under any mixed precision, for fp16's sake
+        (a fused step unscales its gradients itself); so the gradients are unscaled here first
+        where a scaler is in use, then clipped as Lightning would."""
+        if not gradient_clip_val or not optimizer.defaults.get("fused") or not self._plain_strategy():
+            return self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
