@@ -85,6 +85,7 @@ class Throughput(L.Callback):
             self.start = now
             return
         tokens, positions = batch_tokens(batch)
+        positions = getattr(pl_module, "positions_computed", 0) or positions  # split forwards pad less
         flops = 3 * (2 * self.params * tokens + 4 * self.layers * self.hidden * attended_pairs(batch, self.causal))
         pairs = len(batch["input_ids"]) // (1 if "segments" in batch else 2)  # packed: one row per pair
         self.totals += torch.tensor([pairs, tokens, positions, flops], dtype=torch.float64)

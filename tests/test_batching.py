@@ -88,3 +88,43 @@ def test_grouping_cuts_the_padding_of_real_batches():
         assert sorted(seen) == list(range(dm.stats["train"]["pairs"]))
         padding[group] = 1 - real / total
     assert padding[True] < padding[False] / 2, padding
+
+
+# -- two forwards per padded batch (model.split_by_length) --------------------------------------------
+def test_split_point_cuts_where_the_two_parts_pad_least():
+    import torch
+
+    from rmlab.model.module import split_point
+
+    # Sorted: 10 10 12 12 | 40 40 41 41 -> 4 x 12 + 4 x 41 = 212 positions instead of 8 x 41 = 328.
+    assert split_point(torch.tensor([40, 10, 41, 12, 10, 41, 12, 40])) == 4
+    assert split_point(torch.tensor([30, 31, 30, 31, 32, 30])) is None  # saves < 10%: one forward
+    assert split_point(torch.tensor([5, 50, 5])) is None  # too few rows to split
+
+
+def test_split_forward_gives_the_one_forward_rewards_and_gradients(backbone_cfg):
+    import torch
+
+    from conftest import make_reward_model
+    from rmlab.data.collate import PairCollator
+    from rmlab.model.pooling import LastTokenPooling, MeanPooling
+
+    pairs = [{"chosen_input_ids": list(range(10, 10 + n)), "rejected_input_ids": list(range(20, 20 + m))}
+             for n, m in ((5, 40), (7, 38), (6, 41), (4, 39))]
+    pooling = LastTokenPooling() if backbone_cfg["kind"] == "smollm2" else MeanPooling()
+    results = []
+    for split in (False, True):
+        torch.manual_seed(0)
+        model = make_reward_model(backbone_cfg, pooling)
+        model.split_by_length = split
+        side = "left" if backbone_cfg["kind"] == "smollm2" else "right"
+        loss, chosen, rejected = model._pair_step(PairCollator(pad_token_id=0, padding_side=side)(pairs))
+        loss.backward()
+        results.append((torch.cat([chosen, rejected]).detach(), model.positions_computed,
+                        {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (one, one_positions, one_grads), (two, two_positions, two_grads) = results
+    assert one_positions == 8 * 41 and two_positions == 4 * 7 + 4 * 41
+    torch.testing.assert_close(two, one, atol=1e-4, rtol=1e-4)
+    assert one_grads.keys() == two_grads.keys()
+    for name, grad in one_grads.items():
+        torch.testing.assert_close(two_grads[name], grad, atol=1e-4, rtol=1e-3, msg=name)

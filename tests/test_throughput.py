@@ -12,6 +12,7 @@ import torch
 from conftest import PACKAGED, compose_train, make_reward_model
 from rmlab.data.collate import PairCollator, SharedPromptCollator
 from rmlab.hardware import matmul_peak_flops
+from rmlab.model.module import split_point
 from rmlab.model.pooling import MeanPooling
 from rmlab.throughput import KEYS, attended_pairs, batch_tokens, matmul_parameters, precision_dtype
 from rmlab.train import train
@@ -67,6 +68,11 @@ def test_a_run_logs_throughput_recomputable_from_its_batches(tmp_path):
         if step < 5:
             continue
         real, total = batch_tokens(batch)
+        lengths = batch["attention_mask"].sum(dim=1)
+        k = split_point(lengths)  # two forwards, each padded to its own longest (model.split_by_length)
+        if k is not None:
+            ordered = torch.sort(lengths).values
+            total = int(k * ordered[k - 1] + (len(ordered) - k) * ordered[-1])
         pairs, tokens, positions = pairs + len(batch["index"]), tokens + real, positions + total
         flops += 3 * (2 * params * real + 4 * layers * hidden * attended_pairs(batch, causal=False))
     assert step + 1 == summary["train/steps"] == 8

@@ -59,6 +59,20 @@ def gather_unique(module: L.LightningModule, index: torch.Tensor, values: torch.
     return index[keep], values[keep]
 
 
+def split_point(lengths: torch.Tensor, min_saving: float = 0.1) -> int | None:
+    """Where to cut the rows, sorted by length, into two forwards: the k that minimises
+    k * (k-th length) + (n - k) * (longest length), if that saves at least `min_saving` of the
+    positions one forward pads; else None (one forward)."""
+    n = len(lengths)
+    if n < 4:
+        return None
+    ordered = torch.sort(lengths).values.long()
+    k = torch.arange(1, n, device=lengths.device)
+    cost = k * ordered[k - 1] + (n - k) * ordered[-1]
+    best = int(cost.argmin())
+    return int(k[best]) if int(cost[best]) <= (1 - min_saving) * n * int(ordered[-1]) else None
+
+
 class RewardModel(L.LightningModule):
     """Scores a sequence with one scalar; trained on (chosen, rejected) pairs.
 
@@ -78,6 +92,7 @@ class RewardModel(L.LightningModule):
         disable_dropout: bool = True,
         lora: dict | None = None,
         on_nonfinite: str = "stop",
+        split_by_length: bool = True,
     ):
         super().__init__()
         if on_nonfinite not in NONFINITE_POLICIES:
@@ -112,6 +127,8 @@ class RewardModel(L.LightningModule):
         self._eval_has_margin = False
         self.pairs_seen = 0
         self.on_nonfinite = on_nonfinite
+        self.split_by_length = split_by_length
+        self.positions_computed = 0  # token positions the last batch's forward computed, padding included
         self.skipped_nonfinite = 0  # optimizer updates dropped for a non-finite loss or reward
         self._drop_update = False
         self.run_config: dict | None = None  # the resolved Hydra config, set by rmlab.train
@@ -162,11 +179,30 @@ class RewardModel(L.LightningModule):
         pooled = torch.cat([self.pooling(hidden, sides[:half]), self.pooling(hidden, sides[half:])])
         return self.head(pooled).squeeze(-1).float()
 
+    def _split_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """forward() over a padded batch, as two forwards when that cuts padding (model.split_by_length):
+        the rows sorted by length and cut where the two parts, each padded to its own longest, hold the
+        fewest positions. The shorter side of every pair then stops being padded to its longer side."""
+        k = split_point(attention_mask.sum(dim=1)) if self.split_by_length else None
+        if k is None:
+            self.positions_computed = attention_mask.numel()
+            return self(input_ids, attention_mask)
+        order = torch.argsort(attention_mask.sum(dim=1))
+        parts, self.positions_computed = [], 0
+        for rows in (order[:k], order[k:]):
+            mask = attention_mask[rows]
+            columns = mask.any(dim=0).nonzero().flatten()  # the span of real tokens, for either padding side
+            start, end = int(columns[0]), int(columns[-1]) + 1
+            parts.append(self(input_ids[rows, start:end], mask[:, start:end]))
+            self.positions_computed += len(rows) * (end - start)
+        return torch.cat(parts)[torch.argsort(order)]
+
     def _pair_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if "segments" in batch:
             rewards = self.packed_rewards(batch["input_ids"], batch["segments"], batch["position_ids"])
+            self.positions_computed = batch["input_ids"].numel()
         else:
-            rewards = self(batch["input_ids"], batch["attention_mask"])
+            rewards = self._split_forward(batch["input_ids"], batch["attention_mask"])
         reward_chosen, reward_rejected = rewards.chunk(2)
         loss = self.loss_fn(reward_chosen, reward_rejected, batch.get("margin"))
         return loss, reward_chosen, reward_rejected
