@@ -41,3 +41,4 @@ def test_bench_runs_rmlab_and_the_naive_loop_on_the_same_pairs(tmp_path):
     assert rmlab_run["data/train/pairs"] == 12 and rmlab_run["train/steps"] == 3
     assert rows["rmlab"]["pairs_per_s"] == rmlab_run["train/pairs_per_s"]
     assert (tmp_path / "bench.md").read_text().count("| minilm | synthetic | fp32 |") == 2
+    assert rows["rmlab"]["eval_pairs"] == 16 and rows["rmlab"]["train_pairs"] == 12

@@ -123,6 +123,10 @@ def test_packing_is_refused_on_an_encoder_and_chosen_by_auto_on_a_decoder():
     assert resolve_packing("auto", smollm2) == "shared_prompt"
     assert resolve_packing("auto", {**smollm2, "attn_implementation": "flash_attention_2"}) == "none"
     assert resolve_packing("none", smollm2) == "none"
+    with pytest.raises(ConfigError, match="needs a causal decoder.*bert encoder"):
+        resolve_packing("shared_prompt", minilm)  # at DataModule construction, before any data is read
+    with pytest.raises(ConfigError, match="attn_implementation='flash_attention_2' cannot take"):
+        resolve_packing("shared_prompt", {**smollm2, "attn_implementation": "flash_attention_2"})
     model = make_reward_model({"kind": "minilm", **minilm}, MeanPooling())
     batch = SharedPromptCollator(0)(_pairs(2))
     with pytest.raises(ConfigError, match="needs a causal decoder"):

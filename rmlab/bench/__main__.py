@@ -26,7 +26,6 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from rmlab.config import CONFIG_DIR
@@ -60,12 +59,16 @@ def make_pairs(cfg: DictConfig, model: str, dataset: str, out: Path) -> dict | N
     dm.setup("fit")
     dm.setup("test")
     n_train = (cfg.warmup_steps + cfg.steps) * cfg.batch_size
-    files = {}
+    files, counts = {}, {}
     for split, n in (("train", n_train), ("test", cfg.eval_pairs)):
         rows = dm.splits[split]
+        if len(rows) < n and split == "train":
+            raise ValueError(f"{dataset}: {len(rows)} train pairs fit max_length={cfg.max_length}; {n} needed "
+                             "for (warmup_steps + steps) x batch_size")
         if len(rows) < n:
-            raise ValueError(f"{dataset}: {len(rows)} {split} pairs fit max_length={cfg.max_length}; {n} needed")
-        rows = rows.select(range(n))
+            log.warning("%s: %d test pairs fit max_length=%d (eval_pairs=%d): scoring those", dataset, len(rows),
+                        cfg.max_length, n)
+        rows = rows.select(range(min(n, len(rows))))
         text, ids = out / f"{split}.jsonl", out / f"{split}.tokens.jsonl"
         with text.open("w") as t, ids.open("w") as i:
             for row in rows:
@@ -74,7 +77,8 @@ def make_pairs(cfg: DictConfig, model: str, dataset: str, out: Path) -> dict | N
                 i.write(json.dumps({"chosen_input_ids": row["chosen_input_ids"],
                                     "rejected_input_ids": row["rejected_input_ids"]}) + "\n")
         files[split] = (str(text), str(ids))
-    return {"files": files, "pad_token_id": dm.tokenizer.pad_token_id, "backbone": backbone,
+        counts[split] = len(rows)
+    return {"files": files, "pairs": counts, "pad_token_id": dm.tokenizer.pad_token_id, "backbone": backbone,
             "dropped_over_max_length": dm.stats["train"]["dropped"], "packing": dm.packing}
 
 
@@ -150,13 +154,14 @@ def report(results: list[dict], peaks: dict, cfg: DictConfig) -> str:
              f"{cfg.steps} timed steps, median of {cfg.repeats} alternating rounds; "
              f"device {torch.cuda.get_device_name() if torch.cuda.is_available() else f'CPU, {torch.get_num_threads()} threads'}; "
              "measured matmul peak " + ", ".join(f"{k} {v / 1e12:.3g} TFLOP/s" for k, v in peaks.items()), "",
-             "| model | data | precision | impl | pairs/s | tokens/s | padding | TFLOP/s | MFU | peak RSS MB | eval acc | speed-up |",
+             "| model | data | precision | impl | pairs/s | tokens/s | padding | TFLOP/s | MFU | peak RSS MB | eval acc (pairs) | speed-up |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['model']} | {r['data']} | {r['precision']} | {r['impl']} | {r['pairs_per_s']:.2f} | "
                      f"{r['tokens_per_s']:.0f} | {r['padding_fraction']:.1%} | {r['flops_per_s'] / 1e12:.3f} | "
-                     f"{r['mfu']:.1%} | {r['peak_rss_mb']:.0f} | {r['eval_acc']:.3f} | {r['speedup']} |")
-    lines += ["", "speed-up: rmlab pairs/s over that leg's. Legs:"]
+                     f"{r['mfu']:.1%} | {r['peak_rss_mb']:.0f} | {r['eval_acc']:.3f} ({r['eval_pairs']}) | {r['speedup']} |")
+    lines += ["", "tokens/s: non-pad tokens computed (a packed pair computes its prompt once); speed-up: rmlab "
+              "pairs/s over that leg's. Legs:"]
     lines += sorted({f"- {r['impl']}: {r['notes']}" for r in results})
     return "\n".join(lines) + "\n"
 
@@ -205,6 +210,7 @@ def main(cfg: DictConfig) -> None:
                 results.append({"model": model, "data": dataset, "precision": precision, "impl": impl, **row,
                                 "mfu": row["flops_per_s"] / peak, "speedup": speedup,
                                 "runs_raw": [{k: v for k, v in r.items() if k != "notes"} for r in runs[impl]],
+                                "train_pairs": data["pairs"]["train"], "eval_pairs": data["pairs"]["test"],
                                 "dropped_over_max_length": data["dropped_over_max_length"]})
             text = report(results, {dtype: peak}, cfg)
             (out / "bench.md").write_text(text)

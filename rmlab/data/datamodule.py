@@ -21,7 +21,7 @@ from rmlab.data.collate import PACKING, make_collator
 from rmlab.data.formats import FORMATS, PairFormatError, check_pair, detect_format, prompt_key, read_margin, to_pair
 from rmlab.data.sources import SPLITS, LocalFiles, split_of
 from rmlab.data.tokenize import special_token_frame, tokenize_pair, use_chat_template
-from rmlab.errors import DataError
+from rmlab.errors import ConfigError, DataError
 from rmlab.model.backbone import is_causal_decoder, load_tokenizer, local_source
 
 log = logging.getLogger(__name__)
@@ -58,20 +58,30 @@ def _write_rejects(path: str, rejects: list[dict]) -> None:
 
 def resolve_packing(packing: str, backbone: dict) -> str:
     """data.packing=auto: shared_prompt on causal decoders (whose attention can take its mask),
-    none on encoders, where a prompt token would see both replies."""
+    none on encoders, where a prompt token would see both replies. An explicit shared_prompt that
+    cannot work stops here, before any data is read."""
     if packing != "auto" and packing not in PACKING:
-        raise ValueError(f"data.packing={packing!r}; choose auto or one of {PACKING}")
-    if packing != "auto":
+        raise ConfigError(f"data.packing={packing!r}; choose auto or one of {PACKING}")
+    if packing == "none":
         return packing
-    if backbone.get("attn_implementation") not in (None, "sdpa", "eager"):
-        return "none"
+    attention = backbone.get("attn_implementation")
     try:
         config = AutoConfig.from_pretrained(local_source(backbone["name_or_path"], backbone.get("gguf_file")),
                                             trust_remote_code=backbone.get("trust_remote_code", False),
                                             revision=backbone.get("revision"))
     except (OSError, ValueError):
-        return "none"  # loading the model reports a missing or unknown backbone in its own words
-    return "shared_prompt" if is_causal_decoder(config) else "none"
+        config = None  # loading the model reports a missing or unknown backbone in its own words
+    causal = config is not None and is_causal_decoder(config)
+    if packing == "auto":
+        return "shared_prompt" if causal and attention in (None, "sdpa", "eager") else "none"
+    if config is not None and not causal:
+        raise ConfigError(f"data.packing=shared_prompt needs a causal decoder; {backbone['name_or_path']} is a "
+                          f"{config.model_type} encoder, whose prompt tokens would see both replies. "
+                          "Use data.packing=auto or none")
+    if attention not in (None, "sdpa", "eager"):
+        raise ConfigError(f"data.packing=shared_prompt builds its own attention mask, which attn_implementation="
+                          f"{attention!r} cannot take; use sdpa or eager, or data.packing=none")
+    return packing
 
 
 class ResumableSampler(DistributedSampler):
