@@ -15,10 +15,9 @@ from typing import Callable, Iterator
 import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig
-from transformers import AutoConfig
 
 from rmlab.errors import ConfigError
-from rmlab.model.backbone import apply_lora, is_causal_decoder, load_backbone, local_source
+from rmlab.model.backbone import apply_lora, is_causal_decoder, load_backbone, load_config
 from rmlab.model.pooling import ClsPooling
 
 # Dicts without a _target_ that RewardModel unpacks into a function call: their keys bind there.
@@ -127,12 +126,9 @@ def check_pooling(model: DictConfig) -> None:
     if not pooling or not _is_subclass(get_object(str(pooling._target_)), ClsPooling):
         return
     backbone = model.backbone
-    try:
-        config = AutoConfig.from_pretrained(local_source(backbone.name_or_path, backbone.get("gguf_file")),
-                                            trust_remote_code=backbone.get("trust_remote_code", False),
-                                            revision=backbone.get("revision"))
-    except (OSError, ValueError):
-        return  # loading the model reports a missing or unknown backbone in its own words
+    config = load_config(backbone)
+    if config is None:
+        return
     if is_causal_decoder(config):
         raise ConfigError(f"pooling=cls on {backbone.name_or_path} ({config.model_type}, a causal decoder): its first token "
                           "attends to nothing after itself, so it never sees the response and every sequence gets nearly "

@@ -12,17 +12,16 @@ from typing import Any, Callable
 import lightning as L
 import pyarrow.compute as pc
 from datasets import Dataset
-from lightning.pytorch.utilities import rank_zero_only
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
-from transformers import AutoConfig
 
 from rmlab.data.collate import PACKING, make_collator
 from rmlab.data.formats import FORMATS, PairFormatError, check_pair, detect_format, prompt_key, read_margin, to_pair
 from rmlab.data.sources import SPLITS, LocalFiles, split_of
 from rmlab.data.tokenize import special_token_frame, tokenize_pair, use_chat_template
 from rmlab.errors import ConfigError, DataError
-from rmlab.model.backbone import is_causal_decoder, load_tokenizer, local_source
+from rmlab.model.backbone import is_causal_decoder, load_config, load_tokenizer
 
 log = logging.getLogger(__name__)
 BAD_ROW_POLICIES = ("error", "skip")
@@ -65,12 +64,7 @@ def resolve_packing(packing: str, backbone: dict) -> str:
     if packing == "none":
         return packing
     attention = backbone.get("attn_implementation")
-    try:
-        config = AutoConfig.from_pretrained(local_source(backbone["name_or_path"], backbone.get("gguf_file")),
-                                            trust_remote_code=backbone.get("trust_remote_code", False),
-                                            revision=backbone.get("revision"))
-    except (OSError, ValueError):
-        config = None  # loading the model reports a missing or unknown backbone in its own words
+    config = load_config(backbone)
     causal = config is not None and is_causal_decoder(config)
     if packing == "auto":
         return "shared_prompt" if causal and attention in (None, "sdpa", "eager") else "none"

@@ -13,11 +13,12 @@ import importlib.util
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from rmlab.errors import ConfigError
 from rmlab.hardware import cache_root
-from transformers import AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,17 @@ def _pad_override(tokenizer: PreTrainedTokenizerBase) -> str:
     """The command-line override that pads with an existing token (quoted: Hydra reads [UNK] as a list)."""
     token = tokenizer.unk_token or tokenizer.sep_token or tokenizer.cls_token or tokenizer.convert_ids_to_tokens(0)
     return f"'++model.backbone.pad_token=\"{token}\"'"
+
+
+def load_config(backbone: Mapping) -> PretrainedConfig | None:
+    """The config of model.backbone (no weights), or None where it cannot be read here: loading the
+    model then reports the missing or unknown backbone in its own words."""
+    try:
+        return AutoConfig.from_pretrained(local_source(backbone["name_or_path"], backbone.get("gguf_file")),
+                                          trust_remote_code=backbone.get("trust_remote_code", False),
+                                          revision=backbone.get("revision"))
+    except (OSError, ValueError):
+        return None
 
 
 def is_causal_decoder(config: PretrainedConfig) -> bool:

@@ -183,11 +183,12 @@ class RewardModel(L.LightningModule):
         """forward() over a padded batch, as two forwards when that cuts padding (model.split_by_length):
         the rows sorted by length and cut where the two parts, each padded to its own longest, hold the
         fewest positions. The shorter side of every pair then stops being padded to its longer side."""
-        k = split_point(attention_mask.sum(dim=1)) if self.split_by_length else None
+        lengths = attention_mask.sum(dim=1)
+        k = split_point(lengths) if self.split_by_length else None
         if k is None:
             self.positions_computed = attention_mask.numel()
             return self(input_ids, attention_mask)
-        order = torch.argsort(attention_mask.sum(dim=1))
+        order = torch.argsort(lengths)
         parts, self.positions_computed = [], 0
         for rows in (order[:k], order[k:]):
             mask = attention_mask[rows]
