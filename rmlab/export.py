@@ -153,12 +153,17 @@ def validation_rewards(model: RewardModel, run_cfg: DictConfig, val_path: str | 
     tokenized, and rmlab's rewards of their responses: all chosen, then all rejected."""
     if val_path:
         run_cfg = OmegaConf.merge(run_cfg, {"data": {"source": None, "path": None, "val_path": val_path, "test_path": None}})
-    datamodule = instantiate(run_cfg.data)
+    # The plain path (one padded row per sequence) is the reference an export must reproduce.
+    datamodule = instantiate(run_cfg.data, packing="none")
     datamodule.setup("validate")
-    batches = [model(batch["input_ids"], batch["attention_mask"]) for batch in datamodule.val_dataloader()]
+    index, batches = [], []
+    for batch in datamodule.val_dataloader():  # longest pairs first: put back in the split's order by index
+        index.append(batch["index"])
+        batches.append(model(batch["input_ids"], batch["attention_mask"]))
+    order = torch.argsort(torch.cat(index))
     # Each batch is [chosen; rejected]; keep the split's order, chosen before rejected.
-    chosen = torch.cat([rewards.chunk(2)[0] for rewards in batches])
-    rejected = torch.cat([rewards.chunk(2)[1] for rewards in batches])
+    chosen = torch.cat([rewards.chunk(2)[0] for rewards in batches])[order]
+    rejected = torch.cat([rewards.chunk(2)[1] for rewards in batches])[order]
     return list(datamodule.splits["val"]), torch.cat([chosen, rejected])
 
 

@@ -12,7 +12,9 @@ import pytest
 # 17 val and 17 test pairs: 2 ranks get 9 each, one of them a DistributedSampler repeat that must
 # not count twice. 32 train pairs: 4 steps of global batch 8 either way.
 COMMON = ["experiment=smoke", "data.source.n_train=32", "data.source.n_val=17", "data.source.n_test=17",
-          "trainer.accelerator=cpu", "trainer.precision=32-true", "model.optimizer.lr=1e-3", "logger=csv"]
+          "trainer.accelerator=cpu", "trainer.precision=32-true", "model.optimizer.lr=1e-3", "logger=csv",
+          # One forward per batch: split_by_length would cut a half batch elsewhere than the whole one.
+          "model.split_by_length=false"]
 # fp32 sums in a different order (two half-batch gradients all-reduced vs one batch), nothing else.
 TOLERANCE = 1e-4
 
@@ -41,8 +43,9 @@ def test_two_processes_with_half_the_batch_match_one_process(tmp_path):
                 "test/bias/length_spearman", "test/probe/mean_acc"):
         assert ddp[key] == pytest.approx(one[key], abs=TOLERANCE), key
     # The loss cannot see a common offset of all rewards, so Adam's normalised steps let rounding
-    # differences drift it more (measured: 3.7e-4 on a mean of -5.47, while margins agree to 2e-6).
-    assert ddp["test/reward_chosen_mean"] == pytest.approx(one["test/reward_chosen_mean"], rel=TOLERANCE)
+    # differences drift it more (measured: 3.7e-4 on a mean of -5.47 before length-grouped batches,
+    # 1.1e-3 on a mean of -0.31 after, while the margins above agree to 1e-4).
+    assert ddp["test/reward_chosen_mean"] == pytest.approx(one["test/reward_chosen_mean"], abs=5e-3)
     report = json.loads((ddp_dir / "report.json").read_text())
     assert report["n"] == 17 and report["overall"]["acc"] == pytest.approx(ddp["test/acc"], abs=1e-6)
 

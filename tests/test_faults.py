@@ -47,8 +47,10 @@ def tiny_backbone(tmp_path_factory) -> str:
 
 
 def common(backbone: str) -> list[str]:
+    # One forward per batch (no split_by_length): NaNReward poisons a row of the head's output by its batch position.
     return ["experiment=smoke", f"model.backbone.name_or_path={backbone}", "data.batch_size=4",
-            "trainer.precision=32-true", "diagnostics.enabled=false", "callbacks.last_checkpoint.every_n_train_steps=2"]
+            "trainer.precision=32-true", "diagnostics.enabled=false", "callbacks.last_checkpoint.every_n_train_steps=2",
+            "model.split_by_length=false"]
 
 
 # -- fault injectors (the CLI runs import them from here: tests/ is on the child's PYTHONPATH) --------
@@ -300,9 +302,10 @@ def test_nonfinite_skip_drops_exactly_that_update_and_finishes(tiny_backbone, tm
     record = json.loads((tmp_path / "fault-train-rank0.json").read_text())
     # Step 0 moves nothing either: the warmup's learning rate is 0 there.
     assert [step for step, changed in record["changed"].items() if not changed] == ["0", "3"]
+    val_index = json.loads((tmp_path / "fault-val-rank0.json").read_text())["index"]  # (longest val pairs come first)
     assert [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()] == [
-        "non-finite loss (nan) or reward at global step 0, epoch 0, val batch 0; pairs: val.jsonl line 2 (val row 1) "
-        "(model.on_nonfinite=skip: kept in this epoch's val metrics)",
+        f"non-finite loss (nan) or reward at global step 0, epoch 0, val batch 0; pairs: val.jsonl line {val_index + 1} "
+        f"(val row {val_index}) (model.on_nonfinite=skip: kept in this epoch's val metrics)",
         f"non-finite loss (nan) or reward at global step 3, epoch 0, train batch 3; pairs: train.jsonl line "
         f"{record['index'] + 1} (train row {record['index']}): skipping this update (model.on_nonfinite=skip)",
     ]

@@ -104,8 +104,9 @@ def test_pairs_get_the_rewards_evaluation_computes(minilm, tmp_path):
     model, run_cfg = reward_model(ckpt)
     datamodule = instantiate(data_config(run_cfg, OmegaConf.create({"path": str(pairs)}), "test")[0])
     datamodule.setup("test")
-    with torch.no_grad():
-        rewards = torch.cat([model(b["input_ids"], b["attention_mask"]).view(2, -1).T for b in datamodule.test_dataloader()])
+    with torch.no_grad():  # (the loader gives the longest pairs first: back to file order by index)
+        batches = [(b["index"], model(b["input_ids"], b["attention_mask"]).view(2, -1).T) for b in datamodule.test_dataloader()]
+    rewards = torch.cat([r for _, r in batches])[torch.argsort(torch.cat([i for i, _ in batches]))]
     assert datamodule.stats["test"]["truncated_prompt"] == 1
     assert [r[k] for r in scored for k in ("reward_chosen", "reward_rejected")] == pytest.approx(rewards.flatten().tolist(), abs=ATOL)
 
