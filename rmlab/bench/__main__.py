@@ -35,9 +35,8 @@ log = logging.getLogger("rmlab.bench")
 
 
 def model_config(name: str) -> DictConfig:
-    cfg = OmegaConf.merge(OmegaConf.load(Path(CONFIG_DIR) / "train.yaml").model,
-                          OmegaConf.load(Path(CONFIG_DIR) / "model" / f"{name}.yaml"))
-    return cfg
+    """The `model` node that `python -m rmlab.train model=<name>` composes."""
+    return hydra.compose(config_name="train", overrides=[f"model={name}"]).model
 
 
 def make_pairs(cfg: DictConfig, model: str, dataset: str, out: Path) -> dict | None:

@@ -21,6 +21,8 @@ from itertools import cycle, islice
 import torch
 from torch import nn
 
+from rmlab.data.collate import PairCollator
+
 EVAL_BATCH = 32
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # read when huggingface_hub is imported; TRL pings otherwise
 
@@ -42,13 +44,8 @@ def train_pairs(spec: dict) -> list[tuple[list[int], list[int]]]:
 
 
 def _pad(seqs: list[list[int]], pad_id: int, length: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), length), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        sl = slice(length - len(s), length) if left else slice(0, len(s))
-        ids[i, sl] = torch.tensor(s, dtype=torch.long)
-        mask[i, sl] = 1
-    return ids, mask
+    batch = PairCollator(pad_id, "left" if left else "right").pad(seqs, length)
+    return batch["input_ids"], batch["attention_mask"]
 
 
 def _autocast(device: torch.device, precision: str):

@@ -35,8 +35,9 @@ class PairCollator:
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         self.pad_token_id, self.padding_side = pad_token_id, padding_side
 
-    def pad(self, sequences: list[list[int]]) -> dict[str, torch.Tensor]:
-        length = max(len(s) for s in sequences)
+    def pad(self, sequences: list[list[int]], length: int | None = None) -> dict[str, torch.Tensor]:
+        """[N, L] input_ids and attention_mask; L is the longest sequence, or `length` (static padding)."""
+        length = length or max(len(s) for s in sequences)
         input_ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
         for row, seq in enumerate(sequences):
