@@ -226,7 +226,7 @@ def write_folder(folder: Path, model: RewardModel, tokenizer: PreTrainedTokenize
     config.rmlab = rmlab_info
     prefix = native.base_model_prefix if native else "backbone"
     state = {f"{prefix}.{k}": v for k, v in model.backbone.state_dict().items()}
-    state["score.weight"] = model.head.weight
+    state["score.weight"] = model.head.weight[:1]  # the reward (OdinLoss: the quality head, not the length head)
     if native:
         config.architectures = [native.__name__]
     else:

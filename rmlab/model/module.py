@@ -116,7 +116,8 @@ class RewardModel(L.LightningModule):
         # No bias: the pairwise loss cannot see a constant offset (it cancels in the margin), and
         # without one the head is exactly the `score` layer of transformers' *ForSequenceClassification
         # decoders, so exports (rmlab.export) give the same rewards.
-        self.head = nn.Linear(self.backbone.config.hidden_size, 1, bias=False)
+        # One output per reward the loss trains (OdinLoss: quality and length); rewards are output 0.
+        self.head = nn.Linear(self.backbone.config.hidden_size, getattr(loss, "heads", 1), bias=False)
         nn.init.normal_(self.head.weight, std=1.0 / (self.backbone.config.hidden_size + 1) ** 0.5)
         self.loss_fn = loss
         self.optimizer_factory = optimizer
@@ -151,15 +152,20 @@ class RewardModel(L.LightningModule):
         self.pairs_seen = checkpoint.get("rmlab_pairs_seen", 0)  # resume: keep counting
         self.skipped_nonfinite = checkpoint.get("rmlab_skipped_nonfinite", 0)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """One reward per row."""
+    def _rewards(self, pooled: torch.Tensor, heads: bool) -> torch.Tensor:
+        out = self.head(pooled).float()
+        return out if heads else out[:, 0]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, heads: bool = False) -> torch.Tensor:
+        """One reward per row ([N]); heads=True: every head's output ([N, heads]), the reward first."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self._accepts_position_ids:
             kwargs["position_ids"] = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
         hidden = self.backbone(**kwargs).last_hidden_state
-        return self.head(self.pooling(hidden, attention_mask)).squeeze(-1).float()
+        return self._rewards(self.pooling(hidden, attention_mask), heads)
 
-    def packed_rewards(self, input_ids: torch.Tensor, segments: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    def packed_rewards(self, input_ids: torch.Tensor, segments: torch.Tensor, position_ids: torch.Tensor,
+                       heads: bool = False) -> torch.Tensor:
         """Rewards of SharedPromptCollator rows (one row per pair, the prompt computed once):
         [chosen rewards, rejected rewards], as forward() gives for the unpacked rows."""
         if not (self._causal and self._accepts_position_ids):
@@ -177,9 +183,9 @@ class RewardModel(L.LightningModule):
         sides = sequence_masks(segments)  # [2B, L]: chosen sequences, then rejected ones
         half = len(input_ids)
         pooled = torch.cat([self.pooling(hidden, sides[:half]), self.pooling(hidden, sides[half:])])
-        return self.head(pooled).squeeze(-1).float()
+        return self._rewards(pooled, heads)
 
-    def _split_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def _split_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, heads: bool = False) -> torch.Tensor:
         """forward() over a padded batch, as two forwards when that cuts padding (model.split_by_length):
         the rows sorted by length and cut where the two parts, each padded to its own longest, hold the
         fewest positions. The shorter side of every pair then stops being padded to its longer side."""
@@ -187,26 +193,30 @@ class RewardModel(L.LightningModule):
         k = split_point(lengths) if self.split_by_length else None
         if k is None:
             self.positions_computed = attention_mask.numel()
-            return self(input_ids, attention_mask)
+            return self(input_ids, attention_mask, heads)
         order = torch.argsort(lengths)
         parts, self.positions_computed = [], 0
         for rows in (order[:k], order[k:]):
             mask = attention_mask[rows]
             columns = mask.any(dim=0).nonzero().flatten()  # the span of real tokens, for either padding side
             start, end = int(columns[0]), int(columns[-1]) + 1
-            parts.append(self(input_ids[rows, start:end], mask[:, start:end]))
+            parts.append(self(input_ids[rows, start:end], mask[:, start:end], heads))
             self.positions_computed += len(rows) * (end - start)
         return torch.cat(parts)[torch.argsort(order)]
 
     def _pair_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if "segments" in batch:
-            rewards = self.packed_rewards(batch["input_ids"], batch["segments"], batch["position_ids"])
+            outputs = self.packed_rewards(batch["input_ids"], batch["segments"], batch["position_ids"], heads=True)
             self.positions_computed = batch["input_ids"].numel()
         else:
-            rewards = self._split_forward(batch["input_ids"], batch["attention_mask"])
-        reward_chosen, reward_rejected = rewards.chunk(2)
-        loss = self.loss_fn(reward_chosen, reward_rejected, batch.get("margin"))
-        return loss, reward_chosen, reward_rejected
+            outputs = self._split_forward(batch["input_ids"], batch["attention_mask"], heads=True)
+        chosen, rejected = outputs.chunk(2)  # [B, heads] each
+        extras = {"weight": batch.get("weight"), "response_tokens": batch.get("response_tokens")}
+        if outputs.shape[1] > 1:  # a multi-head loss (OdinLoss) reads every head, and the heads' weights
+            loss = self.loss_fn(chosen, rejected, batch.get("margin"), head_weight=self.head.weight, **extras)
+        else:
+            loss = self.loss_fn(chosen[:, 0], rejected[:, 0], batch.get("margin"), **extras)
+        return loss, chosen[:, 0], rejected[:, 0]
 
     def _pair_names(self, split: str, index: torch.Tensor | None, rows: list[int]) -> list[str]:
         """Batch rows as the user can find them: the data's `origin` (file and line) where the split
