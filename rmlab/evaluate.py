@@ -60,6 +60,7 @@ def load_reward_model(checkpoint: dict) -> tuple[RewardModel, DictConfig]:
     run_cfg = OmegaConf.create(checkpoint["rmlab_config"])
     model = instantiate(run_cfg.model)
     model.load_state_dict(checkpoint["state_dict"])
+    model.run_config = checkpoint["rmlab_config"]  # what it was trained on (e.g. which probes data.augment used)
     return model.eval(), run_cfg
 
 

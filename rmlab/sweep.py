@@ -26,7 +26,7 @@ from omegaconf import DictConfig, open_dict
 log = logging.getLogger(__name__)
 
 METRICS = ["val/acc", "test/acc", "test/bias/length_balanced_acc", "test/bias/longer_shorter_gap",
-           "test/bias/length_spearman", "test/probe/mean_acc", "test/bias/ece", "wall_time_s"]
+           "test/bias/length_spearman", "test/probe/mean_acc", "test/probe/heldout_mean_acc", "test/bias/ece", "wall_time_s"]
 LABELS = {  # column names in the Markdown table; other metrics keep their logged name
     "val/acc": "val acc",
     "test/acc": "test acc",
@@ -34,6 +34,7 @@ LABELS = {  # column names in the Markdown table; other metrics keep their logge
     "test/bias/longer_shorter_gap": "acc gap longer-shorter",
     "test/bias/length_spearman": "reward-length spearman",
     "test/probe/mean_acc": "probe mean acc",
+    "test/probe/heldout_mean_acc": "held-out probe acc",
     "test/bias/ece": "ECE",
     "wall_time_s": "wall time (s)",
 }

@@ -30,7 +30,7 @@ def test_option_composes_and_binds(group, option, tmp_path):
         pytest.importorskip(PLUGIN_GROUPS[group])
     prefix = "+" if group in PLUGIN_GROUPS else ""
     cfg = compose_train([f"{prefix}{group}={option}", *REQUIRED.get((group, option), [])], tmp_path)
-    assert OmegaConf.select(cfg, group if group not in ("pooling", "experiment", "hparams_search") else "model.pooling") is not None
+    assert OmegaConf.select(cfg, group if group not in ("pooling", "experiment", "hparams_search", "debias") else "model.pooling") is not None
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     targets = {path for path, node in config_nodes(resolved) if "_target_" in node}
     assert {"model", "model.pooling", "model.loss", "data", "trainer"} <= targets

@@ -24,6 +24,11 @@ def _pair_extras(features: list[dict[str, Any]], batch: dict[str, torch.Tensor])
         batch["index"] = torch.tensor([int(f["index"]) for f in features])
     if "margin" in features[0]:
         batch["margin"] = torch.tensor([float(f["margin"]) for f in features])
+    if "balance_weight" in features[0]:  # data.balance.method=reweight
+        batch["weight"] = torch.tensor([float(f["balance_weight"]) for f in features])
+    if "chosen_response_tokens" in features[0]:  # [2B], as the rows: for the length-aware losses
+        batch["response_tokens"] = torch.tensor([int(f[f"{side}_response_tokens"]) for side in ("chosen", "rejected")
+                                                 for f in features])
     return batch
 
 

@@ -11,11 +11,14 @@ from typing import Any, Callable
 
 import lightning as L
 import pyarrow.compute as pc
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from rmlab.data.augment import augment_pairs
+from rmlab.data.balance import BALANCE_METHODS, balance_weights, check_cues, cue_signs, effective_pairs, length_gaps, \
+    length_matched_batches
 from rmlab.data.collate import PACKING, make_collator
 from rmlab.data.formats import FORMATS, PairFormatError, check_pair, detect_format, prompt_key, read_margin, to_pair
 from rmlab.data.sources import SPLITS, LocalFiles, split_of
@@ -92,15 +95,23 @@ class ResumableSampler(DistributedSampler):
     """
 
     def __init__(self, *args, skip: Callable[[], int] = lambda: 0, lengths: list[int] | None = None,
-                 batch_size: int = 1, window: int = 64, **kwargs):
+                 batch_size: int = 1, window: int = 64, weights: torch.Tensor | None = None,
+                 length_gaps: torch.Tensor | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.skip, self.lengths, self.global_batch, self.window = skip, lengths, batch_size, window
+        self.weights, self.length_gaps = weights, length_gaps
 
     def _order(self) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         n = len(self.dataset)
-        order = torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
-        if self.lengths is not None:
+        if self.length_gaps is not None:  # data.length_matched: balanced batches, built whole
+            batches = length_matched_batches(self.length_gaps, self.global_batch, generator, ranks=self.num_replicas)
+            order = [i for batch in batches for i in batch]
+        elif self.weights is not None:  # data.balance.method=resample: n draws in proportion to the weights
+            order = torch.multinomial(self.weights, n, replacement=True, generator=generator).tolist()
+        else:
+            order = torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
+        if self.lengths is not None and self.length_gaps is None:
             span = self.global_batch * self.window
             windows = [sorted(order[i:i + span], key=lambda j: -self.lengths[j]) for i in range(0, n, span)]
             flat = [j for w in windows for j in w]
@@ -165,6 +176,9 @@ class PreferenceDataModule(L.LightningDataModule):
         rejects_file: str | None = None,
         packing: str = "auto",
         group_by_length: bool = True,
+        balance: dict | None = None,
+        length_matched: bool = False,
+        augment: dict | None = None,
     ):
         super().__init__()
         has_files = any(p is not None for p in (path, val_path, test_path))
@@ -192,6 +206,23 @@ class PreferenceDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.packing = resolve_packing(packing, tokenizer)
         self.group_by_length = group_by_length
+        # Mitigations of surface artifacts (README "Debiasing"); conf/debias/*.yaml switch them on.
+        for name, given, known in (("balance", balance, ("method", "cues")), ("augment", augment, ("share", "kinds"))):
+            unknown = sorted(set(given or {}) - set(known))
+            if unknown:
+                raise ConfigError(f"unknown option(s) data.{name}.{unknown[0]}{' and more' if len(unknown) > 1 else ''}: "
+                                  f"data.{name} takes {list(known)}")
+        self.balance = {"method": "none", "cues": ["length"], **(balance or {})}
+        if self.balance["method"] not in BALANCE_METHODS:
+            raise ConfigError(f"data.balance.method={self.balance['method']!r}; choose one of {BALANCE_METHODS}")
+        check_cues(self.balance["cues"])
+        if length_matched and self.balance["method"] != "none" and "length" in self.balance["cues"]:
+            raise ConfigError("data.length_matched already balances length batch by batch; with data.balance.method="
+                              f"{self.balance['method']} on length too, the short-chosen pairs would be boosted twice. "
+                              "Use one of them, or drop length from data.balance.cues")
+        self.length_matched = length_matched
+        self.augment = {"share": 0.0, "kinds": [], **(augment or {})}
+        self.train_weights: torch.Tensor | None = None  # data.balance: one weight per train pair, mean 1
         self.splits: dict[str, Dataset] = {}
         self.stats: dict[str, dict[str, int]] = {}
 
@@ -323,7 +354,49 @@ class PreferenceDataModule(L.LightningDataModule):
             available = len(normalised["train"])
             normalised["train"] = normalised["train"].shuffle(seed=self.seed).select(range(self.max_train_pairs))
             log.info("train: %d of %d pairs (data.max_train_pairs)", self.max_train_pairs, available)
+        added = 0
+        if "train" in needed and self.augment["share"]:
+            normalised["train"], added = self._augment(normalised["train"])
         self.splits.update({split: self._tokenize(normalised[split], split) for split in needed})
+        if "train" in needed:
+            self.stats["train"]["augmented"] = added
+            self._balance(self.splits["train"])
+
+    def _augment(self, train: Dataset) -> tuple[Dataset, int]:
+        """Train pairs plus counterfactual pairs made from them (rmlab.data.augment); only train pairs
+        are rewritten, so the evaluation probes of val/test stay held out."""
+        extra = augment_pairs(train.to_list(), self.augment["share"], self.augment["kinds"], self.seed)
+        if "margin" in train.column_names:  # the source pair's margin was set for its own rejected answer
+            extra = [{**pair, "margin": 0.0} for pair in extra]
+        log.info("train: %d counterfactual pairs added (data.augment: share %s of %s)", len(extra),
+                 self.augment["share"], list(self.augment["kinds"]))
+        if "augment" in train.column_names:
+            raise DataError(f"{self.source.describe('train') if hasattr(self.source, 'describe') else 'train'}: a column "
+                            "named 'augment' is in the data; data.augment marks its pairs in a column of that name")
+        train = train.add_column("augment", [""] * len(train))
+        if not extra:
+            return train, 0
+        return concatenate_datasets([train, Dataset.from_list(extra, features=train.features)]), len(extra)
+
+    def _balance(self, train: Dataset) -> None:
+        """data.balance: per-pair weights under which no balanced cue predicts the chosen side
+        (reweight: a `balance_weight` column the loss reads; resample: the sampler draws by them)."""
+        method, cues = self.balance["method"], self.balance["cues"]
+        signs = cue_signs(train, cues)
+        stats = self.stats["train"]
+        for j, cue in enumerate(cues):  # the share of pairs, among those where the cue differs, that favour chosen
+            differ = signs[:, j] != 0
+            stats[f"chosen_more_{cue}"] = round(float((signs[differ, j] > 0).double().mean()), 4) if differ.any() else None
+        if method == "none":
+            return
+        self.train_weights = balance_weights(signs, cues)
+        stats["balance_effective_pairs"] = round(effective_pairs(self.train_weights), 1)
+        stats["balance_max_weight"] = round(float(self.train_weights.max()), 3)
+        log.info("train: data.balance=%s on %s: weights %.3g..%.3g, worth %.0f of %d pairs", method, cues,
+                 float(self.train_weights.min()), float(self.train_weights.max()),
+                 stats["balance_effective_pairs"], len(train))
+        if method == "reweight":
+            self.splits["train"] = train.add_column("balance_weight", self.train_weights.tolist())
 
     def _report_rejects(self) -> None:
         counts = {split: n for split, n in self.rejected.items() if n}
@@ -350,8 +423,9 @@ class PreferenceDataModule(L.LightningDataModule):
         return combine(chosen, other).to_pylist()
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        columns = ["index", "chosen_input_ids", "rejected_input_ids"] + (["margin"] if self.columns["margin"] else [])
         full = self.splits[split]
+        columns = ["index", "chosen_input_ids", "rejected_input_ids", "chosen_response_tokens", "rejected_response_tokens",
+                   *(["margin"] if self.columns["margin"] else []), *(["balance_weight"] if "balance_weight" in full.column_names else [])]
         dataset = full.select_columns(columns)
         batch_size = self.batch_size if split == "train" else self.eval_batch_size
         if shuffle:
@@ -362,7 +436,9 @@ class PreferenceDataModule(L.LightningDataModule):
             lengths = self._lengths(full) if self.group_by_length else None
             sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed,
                                        skip=lambda: self._batches_done_in_epoch(len(sampler)) * self.batch_size,
-                                       lengths=lengths, batch_size=batch_size * world)
+                                       lengths=lengths, batch_size=batch_size * world,
+                                       weights=self.train_weights if self.balance["method"] == "resample" else None,
+                                       length_gaps=length_gaps(full) if self.length_matched else None)
         else:
             sampler = LengthSortedSampler(self._lengths(full))
         return DataLoader(

@@ -27,9 +27,11 @@ def build_report(pairs: dict[str, Sequence], reward_chosen: torch.Tensor, reward
                  probe_items: list[dict] | None = None, probe_rewards: torch.Tensor | None = None, *,
                  bucket_width: int = 100, match_tolerance: float = 0.1, calibration_bins: int = 10,
                  top_fraction: float = 0.25, worst_k: int = 20,
-                 subset_columns: Sequence[str] = ("subset", "task", "flaw")) -> dict[str, Any]:
+                 subset_columns: Sequence[str] = ("subset", "task", "flaw"), trained_probes: Sequence[str] = ()) -> dict[str, Any]:
     """All diagnostics of one split. `pairs` holds the columns PAIR_COLUMNS (token counts of the
-    responses as the model saw them) plus any metadata; rewards are aligned with its rows."""
+    responses as the model saw them) plus any metadata; rewards are aligned with its rows.
+    `trained_probes`: probe kinds the model was trained against (data.augment), marked `in_training`
+    and left out of `probe_heldout_mean_acc`."""
     margin = reward_chosen - reward_rejected
     calibration = metrics.calibration(margin, calibration_bins)
     report: dict[str, Any] = {
@@ -47,6 +49,10 @@ def build_report(pairs: dict[str, Sequence], reward_chosen: torch.Tensor, reward
     }
     probe_accs = [p["acc"] for p in report["probes"].values()]
     report["probe_mean_acc"] = sum(probe_accs) / len(probe_accs) if probe_accs else metrics.NAN
+    for name, probe in report["probes"].items():
+        probe["in_training"] = name in trained_probes
+    heldout = [p["acc"] for p in report["probes"].values() if not p["in_training"]]
+    report["probe_heldout_mean_acc"] = sum(heldout) / len(heldout) if heldout else metrics.NAN
     # RewardBench's `subsets`: from a `subset` column if the data has one, else the first grouping present.
     report["subset_column"] = next(iter(report["groups"]), None)
     report["subsets"] = report["groups"].get(report["subset_column"], {})
@@ -68,6 +74,7 @@ def scalars(report: dict[str, Any], stage: str) -> dict[str, float]:
         for k in ("acc", "shift", "flipped"):
             out[f"{stage}/probe/{name}/{k}"] = probe[k]
     out[f"{stage}/probe/mean_acc"] = report["probe_mean_acc"]
+    out[f"{stage}/probe/heldout_mean_acc"] = report["probe_heldout_mean_acc"]
     for name, subset in report["subsets"].items():
         out[f"{stage}/subset/{name}/acc"] = subset["acc"]
     return {k: float(v) for k, v in out.items() if metrics.finite(v)}
@@ -137,8 +144,11 @@ def to_markdown(report: dict[str, Any], title: str = "Reward model bias report")
         md += ["## Adversarial probes", "",
                "acc: how often the intact chosen response still outscores the rewritten, worse one; shift: mean reward of "
                "the rewrite minus the text it rewrote; flipped: pairs ranked right before and wrong after; invisible: "
-               "rewrites whose change falls beyond data.max_length (the model would see the original), left out.", "",
-               _table([{"probe": k, **v} for k, v in report["probes"].items()], ["probe", "n", "acc", "acc_before", "shift", "flipped", "invisible"]),
+               "rewrites whose change falls beyond data.max_length (the model would see the original), left out; "
+               "in_training: the model was trained on counterfactual pairs of this kind (data.augment, in wording of its "
+               f"own); the others are held out (their mean acc: {_fmt(report['probe_heldout_mean_acc'])}).", "",
+               _table([{"probe": k, **v} for k, v in report["probes"].items()],
+                      ["probe", "n", "acc", "acc_before", "shift", "flipped", "invisible", "in_training"]),
                "", "![probes](probes.png)", ""]
     for column, groups in report["groups"].items():
         md += [f"## Accuracy by {column}", "", _table([{column: k, **v} for k, v in groups.items()], [column, "n", "acc", "margin"]), ""]
