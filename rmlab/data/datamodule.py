@@ -365,14 +365,14 @@ class PreferenceDataModule(L.LightningDataModule):
     def _augment(self, train: Dataset) -> tuple[Dataset, int]:
         """Train pairs plus counterfactual pairs made from them (rmlab.data.augment); only train pairs
         are rewritten, so the evaluation probes of val/test stay held out."""
+        if "augment" in train.column_names:
+            raise DataError(f"{getattr(self.source, 'describe', lambda split: split)('train')}: the data has a column "
+                            "named 'augment', the name data.augment marks its pairs with; rename that column")
         extra = augment_pairs(train.to_list(), self.augment["share"], self.augment["kinds"], self.seed)
         if "margin" in train.column_names:  # the source pair's margin was set for its own rejected answer
             extra = [{**pair, "margin": 0.0} for pair in extra]
         log.info("train: %d counterfactual pairs added (data.augment: share %s of %s)", len(extra),
                  self.augment["share"], list(self.augment["kinds"]))
-        if "augment" in train.column_names:
-            raise DataError(f"{self.source.describe('train') if hasattr(self.source, 'describe') else 'train'}: a column "
-                            "named 'augment' is in the data; data.augment marks its pairs in a column of that name")
         train = train.add_column("augment", [""] * len(train))
         if not extra:
             return train, 0
@@ -386,7 +386,7 @@ class PreferenceDataModule(L.LightningDataModule):
         stats = self.stats["train"]
         for j, cue in enumerate(cues):  # the share of pairs, among those where the cue differs, that favour chosen
             differ = signs[:, j] != 0
-            stats[f"chosen_more_{cue}"] = round(float((signs[differ, j] > 0).double().mean()), 4) if differ.any() else None
+            stats[f"chosen_more_{cue}"] = round(float((signs[differ, j] > 0).double().mean()), 4) if differ.any() else math.nan
         if method == "none":
             return
         self.train_weights = balance_weights(signs, cues)
