@@ -36,7 +36,7 @@ from collections import Counter
 from typing import Sequence
 
 # The probes' rewrites without phrase banks are reused: they add no text a probe could recognise.
-from rmlab.diagnostics.probes import SENTENCE, _negation, _off_topic, _wrap, _wrong_number
+from rmlab.diagnostics.probes import SENTENCE, _negation, _off_topic, _wrap, _wrong_number, cut_words
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +77,9 @@ def _insult(text, rng, pair, pool):
 
 
 def _truncate(text, rng, pair, pool):
-    words = list(re.finditer(r"\S+", text))
-    if len(words) < 4:
-        return None
     # A random cut point, so the model learns "unfinished" rather than "half as long"; at most 70 %
-    # of 4+ words keeps the cut a strict prefix. Trailing punctuation goes so it reads unfinished.
-    keep = round(len(words) * rng.uniform(0.3, 0.7))
-    return re.sub(r"[\W_]+\Z", "", text[:words[keep - 1].end()]) or None
+    # of 4+ words keeps the cut a strict prefix.
+    return cut_words(text, lambda n: round(n * rng.uniform(0.3, 0.7)))
 
 
 def _repetition(text, rng, pair, pool):

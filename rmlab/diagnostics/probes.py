@@ -118,13 +118,17 @@ def _insult(text, rng, pair, pool):
     return _wrap(rng.choice(INSULT_OPENERS), text, rng.choice(INSULT_CLOSERS))
 
 
-def _truncate(text, rng, pair, pool):
+def cut_words(text: str, keep: Callable[[int], int]) -> str | None:
+    """`text` cut after keep(word count) words (texts of 4+ words only), without trailing punctuation,
+    so the cut reads as unfinished rather than as a short answer."""
     words = list(re.finditer(r"\S+", text))
     if len(words) < 4:
         return None
-    # Trailing punctuation goes, so the cut reads as unfinished rather than as a short answer.
-    cut = re.sub(r"[\W_]+\Z", "", text[:words[len(words) // 2 - 1].end()])
-    return cut or None
+    return re.sub(r"[\W_]+\Z", "", text[:words[keep(len(words)) - 1].end()]) or None
+
+
+def _truncate(text, rng, pair, pool):
+    return cut_words(text, lambda n: n // 2)
 
 
 def _repetition(text, rng, pair, pool):
