@@ -4,6 +4,7 @@ rank, the loss terms have their hand-computed values, the two-head model's quali
 decorrelated from length, counterfactual pairs come from train pairs only and their probe kinds are
 left out of the held-out probe score, and experiment=debias_sweep covers every option."""
 
+import json
 import math
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from conftest import compose_train
 from rmlab.config import CONFIG_DIR
 from rmlab.data.balance import (balance_weights, chosen_longer_share, cue_signs, effective_pairs, length_gaps,
                                 length_matched_batches)
-from rmlab.diagnostics.callback import trained_probes
+from rmlab.diagnostics.callback import augment_kinds
 from rmlab.diagnostics.report import build_report, scalars
 from rmlab.errors import ConfigError
 from rmlab.evaluate import load_reward_model
@@ -221,20 +222,21 @@ def test_counterfactual_pairs_come_from_train_pairs_only(tmp_path):
     assert "augment" not in datamodule.splits["test"].column_names
 
 
-def test_trained_probe_kinds_are_left_out_of_the_held_out_probe_score():
+def test_augmented_kinds_are_left_out_of_the_held_out_probe_score_augmentation_on_or_off():
     model = SimpleNamespace(run_config={"data": {"augment": {"share": 0.2, "kinds": ["filler", "truncate"]}}})
-    assert trained_probes(model) == ["filler", "truncate"]
-    assert trained_probes(SimpleNamespace(run_config={"data": {"augment": {"share": 0.0, "kinds": ["filler"]}}})) == []
+    assert augment_kinds(model) == (["filler", "truncate"], True)
+    assert augment_kinds(SimpleNamespace(run_config={"data": {"augment": {"share": 0.0, "kinds": ["filler"]}}})) == (["filler"], False)
     pairs = {"prompt": [[{"role": "user", "content": "What is 2 + 2?"}]] * 2, "chosen": ["4.", "It is 4, of course."],
              "rejected": ["5.", "It is 5."], "chosen_response_tokens": [2, 6], "rejected_response_tokens": [2, 4]}
     items = [{"probe": probe, "pair_index": i, "source": "chosen", "prompt": pairs["prompt"][i], "text": "x"}
              for probe in ("filler", "truncate", "insult") for i in (0, 1)]
     item_rewards = torch.tensor([-1.0, -1.0, 5.0, -1.0, 5.0, 5.0])  # filler 1/1, truncate 1/2 right, insult 0/2
-    report = build_report(pairs, torch.tensor([1.0, 1.0]), torch.tensor([0.0, 0.0]), items, item_rewards,
-                          trained_probes=["filler", "truncate"])
-    assert [report["probes"][p]["in_training"] for p in ("filler", "truncate", "insult")] == [True, True, False]
-    assert report["probe_mean_acc"] == pytest.approx((1.0 + 0.5 + 0.0) / 3)
-    assert scalars(report, "test")["test/probe/heldout_mean_acc"] == 0.0
+    for augmented in (True, False):
+        report = build_report(pairs, torch.tensor([1.0, 1.0]), torch.tensor([0.0, 0.0]), items, item_rewards,
+                              augment_kinds=["filler", "truncate"], augmented=augmented)
+        assert [report["probes"][p]["in_training"] for p in ("filler", "truncate", "insult")] == [augmented, augmented, False]
+        assert report["probe_mean_acc"] == pytest.approx((1.0 + 0.5 + 0.0) / 3)
+        assert scalars(report, "test")["test/probe/heldout_mean_acc"] == 0.0  # insult alone, either way
 
 
 # -- the sweep --------------------------------------------------------------------------------
@@ -268,4 +270,8 @@ def test_debias_sweep_cli_runs_and_summarises(tmp_path):
     assert [(r["debias"], r["status"]) for r in rows] == [("none", "ok"), ("counterfactual", "ok")]
     none, counterfactual = (float(r["test/probe/heldout_mean_acc"]) for r in rows)
     assert math.isfinite(none) and math.isfinite(counterfactual)
-    assert float(rows[0]["test/probe/heldout_mean_acc"]) == float(rows[0]["test/probe/mean_acc"])  # nothing trained in
+    for row in rows:  # the same 4 probes for both: those outside data.augment.kinds
+        summary = json.loads((sweep / row["job"] / "summary.json").read_text())
+        heldout = [summary[f"test/probe/{p}/acc"] for p in ("insult", "repetition", "off_topic", "sycophancy")
+                   if f"test/probe/{p}/acc" in summary]
+        assert float(row["test/probe/heldout_mean_acc"]) == pytest.approx(sum(heldout) / len(heldout))

@@ -21,11 +21,11 @@ from rmlab.model.module import gather_unique
 log = logging.getLogger(__name__)
 
 
-def trained_probes(pl_module: L.LightningModule) -> list[str]:
-    """The probe kinds the model's training data was augmented with (data.augment, from the run config
-    that rmlab.train and rmlab.evaluate attach to the model): those probes are not held out."""
+def augment_kinds(pl_module: L.LightningModule) -> tuple[list[str], bool]:
+    """data.augment.kinds of the model's run config (attached by rmlab.train and rmlab.evaluate), and
+    whether augmentation was on (share > 0): the probes of those kinds are not held out."""
     augment = ((getattr(pl_module, "run_config", None) or {}).get("data") or {}).get("augment") or {}
-    return list(augment.get("kinds") or []) if augment.get("share") else []
+    return list(augment.get("kinds") or []), bool(augment.get("share"))
 
 
 class BiasDiagnostics(L.Callback):
@@ -115,8 +115,9 @@ class BiasDiagnostics(L.Callback):
                      stage, len(items), sum(invisible.values()))
         item_rewards = self._score(trainer, pl_module, items) if items else None
         reward_chosen, reward_rejected = rewards[:, 0], rewards[:, 1]
+        kinds, augmented = augment_kinds(pl_module)
         report = bias_report.build_report(pairs, reward_chosen, reward_rejected, items, item_rewards,
-                                          trained_probes=trained_probes(pl_module), **self.settings)
+                                          augment_kinds=kinds, augmented=augmented, **self.settings)
         for name, probe in report["probes"].items():
             probe["invisible"] = invisible[name]  # rewrites cut off by max_length, not scored
         report["stage"], report["step"] = stage, trainer.global_step

@@ -27,11 +27,13 @@ def build_report(pairs: dict[str, Sequence], reward_chosen: torch.Tensor, reward
                  probe_items: list[dict] | None = None, probe_rewards: torch.Tensor | None = None, *,
                  bucket_width: int = 100, match_tolerance: float = 0.1, calibration_bins: int = 10,
                  top_fraction: float = 0.25, worst_k: int = 20,
-                 subset_columns: Sequence[str] = ("subset", "task", "flaw"), trained_probes: Sequence[str] = ()) -> dict[str, Any]:
+                 subset_columns: Sequence[str] = ("subset", "task", "flaw"), augment_kinds: Sequence[str] = (),
+                 augmented: bool = False) -> dict[str, Any]:
     """All diagnostics of one split. `pairs` holds the columns PAIR_COLUMNS (token counts of the
     responses as the model saw them) plus any metadata; rewards are aligned with its rows.
-    `trained_probes`: probe kinds the model was trained against (data.augment), marked `in_training`
-    and left out of `probe_heldout_mean_acc`."""
+    `augment_kinds`: the probe kinds of data.augment.kinds, left out of `probe_heldout_mean_acc` whether
+    or not augmentation was on, so that runs with and without it compare on the same probes; with
+    `augmented` (data.augment.share > 0) they are also marked `in_training`."""
     margin = reward_chosen - reward_rejected
     calibration = metrics.calibration(margin, calibration_bins)
     report: dict[str, Any] = {
@@ -50,8 +52,8 @@ def build_report(pairs: dict[str, Sequence], reward_chosen: torch.Tensor, reward
     probe_accs = [p["acc"] for p in report["probes"].values()]
     report["probe_mean_acc"] = sum(probe_accs) / len(probe_accs) if probe_accs else metrics.NAN
     for name, probe in report["probes"].items():
-        probe["in_training"] = name in trained_probes
-    heldout = [p["acc"] for p in report["probes"].values() if not p["in_training"]]
+        probe["in_training"] = augmented and name in augment_kinds
+    heldout = [p["acc"] for name, p in report["probes"].items() if name not in augment_kinds]
     report["probe_heldout_mean_acc"] = sum(heldout) / len(heldout) if heldout else metrics.NAN
     # RewardBench's `subsets`: from a `subset` column if the data has one, else the first grouping present.
     report["subset_column"] = next(iter(report["groups"]), None)
@@ -146,7 +148,8 @@ def to_markdown(report: dict[str, Any], title: str = "Reward model bias report")
                "the rewrite minus the text it rewrote; flipped: pairs ranked right before and wrong after; invisible: "
                "rewrites whose change falls beyond data.max_length (the model would see the original), left out; "
                "in_training: the model was trained on counterfactual pairs of this kind (data.augment, in wording of its "
-               f"own); the others are held out (their mean acc: {_fmt(report['probe_heldout_mean_acc'])}).", "",
+               "own). Held-out probe mean acc, over the kinds outside data.augment.kinds (never trained on, augmentation "
+               f"on or off): {_fmt(report['probe_heldout_mean_acc'])}.", "",
                _table([{"probe": k, **v} for k, v in report["probes"].items()],
                       ["probe", "n", "acc", "acc_before", "shift", "flipped", "invisible", "in_training"]),
                "", "![probes](probes.png)", ""]
