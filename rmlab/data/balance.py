@@ -99,7 +99,6 @@ def chosen_longer_share(pairs: Dataset, weights: torch.Tensor | None = None) -> 
     return float(((sign > 0).double() * w + 0.5 * (sign == 0).double() * w).sum() / w.sum())
 
 
-
 def length_gaps(pairs: Dataset) -> torch.Tensor:
     """log(chosen response tokens / rejected response tokens) per pair: > 0 when chosen is longer."""
     chosen = torch.tensor(pairs["chosen_response_tokens"], dtype=torch.float64).clamp(min=1)
