@@ -36,7 +36,7 @@ from collections import Counter
 from typing import Sequence
 
 # The probes' rewrites without phrase banks are reused: they add no text a probe could recognise.
-from rmlab.diagnostics.probes import SENTENCE, _negation, _off_topic, _wrap, _wrong_number, cut_words
+from rmlab.diagnostics.probes import PROBES, SENTENCE, _negation, _off_topic, _wrap, _wrong_number, cut_words
 
 logger = logging.getLogger(__name__)
 
@@ -110,21 +110,21 @@ def _sycophancy(text, rng, pair, pool):
     return _wrap(rng.choice(SYCOPHANTIC_OPENERS), text, "")
 
 
-# kind -> ("flaw": rewrites the chosen answer, or "inflation": rewrites the rejected one; rewrite)
+# One rewrite per probe kind; which answer it rewrites (and whether that is a flaw or an inflation)
+# comes from the probe of the same name, so the two tables cannot disagree.
 _REWRITES = {
-    "wrong_number": ("flaw", _wrong_number), "negation": ("flaw", _negation), "insult": ("flaw", _insult),
-    "truncate": ("flaw", _truncate), "repetition": ("flaw", _repetition), "off_topic": ("flaw", _off_topic),
-    "filler": ("inflation", _filler), "markdown": ("inflation", _markdown), "sycophancy": ("inflation", _sycophancy),
+    "wrong_number": _wrong_number, "negation": _negation, "insult": _insult, "truncate": _truncate,
+    "repetition": _repetition, "off_topic": _off_topic, "filler": _filler, "markdown": _markdown,
+    "sycophancy": _sycophancy,
 }
-KINDS: dict[str, str] = {name: kind for name, (kind, _) in _REWRITES.items()}
+KINDS: dict[str, str] = {name: PROBES[name].kind for name in _REWRITES}
 DEFAULT_KINDS = ("wrong_number", "negation", "truncate", "filler", "markdown")  # the others stay held out
 
 
 def _rewrite(kind: str, pair: dict, rng: random.Random, pool: list[dict]) -> str | None:
     """The new rejected text of `kind` for `pair`, or None where the kind does not apply."""
-    category, rewrite = _REWRITES[kind]
-    original = pair["chosen" if category == "flaw" else "rejected"]
-    text = rewrite(original, rng, pair, pool)
+    original = pair[PROBES[kind].source]
+    text = _REWRITES[kind](original, rng, pair, pool)
     # A rewrite equal to the chosen answer would teach the model to reject a good answer.
     return None if text is None or text in (original, pair["chosen"]) else text
 
