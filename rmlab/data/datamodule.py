@@ -433,7 +433,8 @@ class PreferenceDataModule(L.LightningDataModule):
             # processes with batch_size b see, step by step, the pairs that 1 process with batch
             # N*b sees (Lightning keeps a DistributedSampler it is given, and sets its epoch).
             world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-            lengths = self._lengths(full) if self.group_by_length else None
+            # length_matched builds its own batches: no length grouping to compute for it.
+            lengths = self._lengths(full) if self.group_by_length and not self.length_matched else None
             sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed,
                                        skip=lambda: self._batches_done_in_epoch(len(sampler)) * self.batch_size,
                                        lengths=lengths, batch_size=batch_size * world,
