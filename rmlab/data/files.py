@@ -1,6 +1,7 @@
 """Read a local pairs file row by row, each row with where it came from (`line N` / `row N`).
 
-JSON Lines and CSV are read by line so that a problem names the line: bytes that are not UTF-8,
+A leading UTF-8 byte-order mark is ignored, as `datasets` does. JSON Lines and CSV are read by
+line so that a problem names the line: bytes that are not UTF-8,
 a line that is not JSON, a CSV record with more fields than the header. Such a row is yielded
 with its `problem` instead of failing the whole file, so the caller decides: stop with the
 location (data.on_bad_row=error) or skip it and keep a record (data.on_bad_row=skip).
@@ -9,6 +10,7 @@ location (data.on_bad_row=error) or skip it and keep a record (data.on_bad_row=s
 from __future__ import annotations
 
 import bz2
+import codecs
 import csv
 import gzip
 import io
@@ -57,6 +59,9 @@ def read_file_rows(path: str | Path) -> Iterator[RawRow]:
             content = handle.read()
     except (OSError, EOFError, lzma.LZMAError) as err:
         raise DataError(f"{file}: cannot be read as {compression or kind} ({err})") from None
+    # "UTF-8 with BOM" (Excel, Notepad): the mark is not data; left in, it would glue onto the
+    # first CSV column's name or make line 1 invalid JSON.
+    content = content.removeprefix(codecs.BOM_UTF8)
     if kind == ".csv":
         yield from _csv_rows(file, content)
         return

@@ -31,7 +31,7 @@ def split_of(key: str, val_fraction: float, test_fraction: float) -> str:
 
 
 RAW_FEATURES = Features({"origin": Value("string"), "raw": Value("string"), "problem": Value("string")})
-_READER_VERSION = 1  # bump when rmlab.data.files reads a file differently, so cached copies are re-read
+_READER_VERSION = 2  # bump when rmlab.data.files reads a file differently, so cached copies are re-read
 
 
 def _raw_rows(path: str, stamp: tuple, version: int):
