@@ -28,7 +28,9 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from rmlab import strict_json
 from rmlab.config import CONFIG_DIR
+from rmlab.data.formats import template_messages
 from rmlab.hardware import cpu_bf16_speedup, matmul_peak_flops
 
 log = logging.getLogger("rmlab.bench")
@@ -71,7 +73,7 @@ def make_pairs(cfg: DictConfig, model: str, dataset: str, out: Path) -> dict | N
         text, ids = out / f"{split}.jsonl", out / f"{split}.tokens.jsonl"
         with text.open("w") as t, ids.open("w") as i:
             for row in rows:
-                t.write(json.dumps({"prompt": row["prompt"], "chosen": [{"role": "assistant", "content": row["chosen"]}],
+                t.write(json.dumps({"prompt": template_messages(row["prompt"]), "chosen": [{"role": "assistant", "content": row["chosen"]}],
                                     "rejected": [{"role": "assistant", "content": row["rejected"]}]}) + "\n")
                 i.write(json.dumps({"chosen_input_ids": row["chosen_input_ids"],
                                     "rejected_input_ids": row["rejected_input_ids"]}) + "\n")
@@ -213,7 +215,7 @@ def main(cfg: DictConfig) -> None:
                                 "dropped_over_max_length": data["dropped_over_max_length"]})
             text = report(results, {dtype: peak}, cfg)
             (out / "bench.md").write_text(text)
-            (out / "bench.json").write_text(json.dumps({"config": OmegaConf.to_container(cfg, resolve=True),
+            (out / "bench.json").write_text(strict_json.dumps({"config": OmegaConf.to_container(cfg, resolve=True),
                                                         "peak_flops": {dtype: peak}, "results": results}, indent=2))
     print(report(results, {dtype: peak}, cfg))
     log.info("written to %s", out)

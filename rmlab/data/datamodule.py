@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
@@ -16,13 +17,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from rmlab import strict_json
 from rmlab.data.augment import augment_pairs
 from rmlab.data.balance import BALANCE_METHODS, balance_weights, check_cues, cue_signs, effective_pairs, length_gaps, \
     length_matched_batches
 from rmlab.data.collate import PACKING, make_collator
-from rmlab.data.formats import FORMATS, PairFormatError, check_pair, detect_format, prompt_key, read_margin, to_pair
+from rmlab.data.formats import (FORMATS, PairFormatError, check_pair, detect_format, prompt_key, read_margin,
+                                stored_messages, to_pair)
 from rmlab.data.sources import SPLITS, LocalFiles, split_of
-from rmlab.data.tokenize import special_token_frame, tokenize_pair, use_chat_template
+from rmlab.data.tokenize import check_chat_template, special_token_frame, tokenize_pair, use_chat_template
 from rmlab.errors import ConfigError, DataError
 from rmlab.model.backbone import is_causal_decoder, load_config, load_tokenizer
 
@@ -55,7 +58,16 @@ def _write_rejects(path: str, rejects: list[dict]) -> None:
     file.parent.mkdir(parents=True, exist_ok=True)
     with file.open("w", encoding="utf-8") as handle:
         for reject in rejects:
-            handle.write(json.dumps(reject, ensure_ascii=False, default=str) + "\n")
+            handle.write(strict_json.dumps(reject, ensure_ascii=False, default=str) + "\n")
+
+
+def _tokenize_row(pair: dict[str, Any], **settings: Any) -> dict[str, Any]:
+    """tokenize_pair, with a row the chat template cannot render named by its file and line."""
+    try:
+        return tokenize_pair(pair, **settings)
+    except Exception as error:  # jinja's errors have several types
+        raise DataError(f"{pair.get('origin', 'a row')}: cannot be tokenized ({type(error).__name__}: {error}). "
+                        "If the chat template is at fault, data.chat_template=false renders chats as plain text") from None
 
 
 def resolve_packing(packing: str, backbone: dict) -> str:
@@ -148,8 +160,11 @@ class PreferenceDataModule(L.LightningDataModule):
     `datasets`), applies the over-long policy and counts what it truncated or dropped.
 
     After `setup()`, `self.stats[split]` holds {pairs, truncated_prompt, truncated_response, dropped,
-    rejected}: `rejected` counts the rows of that split's file skipped as bad (data.on_bad_row=skip;
-    a split carved out of train counts them under train), each also in `self.rejects`.
+    rejected, same_ids, unknown_responses, unrendered_tool_calls, reply_fields_dropped}: `rejected`
+    counts the rows skipped as bad (data.on_bad_row=skip; rows unreadable in a file count under the
+    split of that file, a split carved out of train counting them under train), `same_ids` those of
+    them whose two responses tokenize to the same ids; each is also in `self.rejects`.
+    `unknown_responses` counts responses holding the tokenizer's unknown token.
     """
 
     def __init__(
@@ -191,6 +206,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.on_bad_row, self.rejects_file = on_bad_row, rejects_file
         self.rejects: list[dict] = []  # skipped rows: {split, origin, problem, row}
         self.rejected: dict[str, int] = {}
+        self.reply_fields_dropped: dict[str, int] = {}
         self.source = source or LocalFiles(path, val_path, test_path)
         self.max_train_pairs, self.seed = max_train_pairs, seed
         self.tokenizer = load_tokenizer(**tokenizer)
@@ -200,6 +216,8 @@ class PreferenceDataModule(L.LightningDataModule):
         self.max_length, self.overlong, self.format = max_length, overlong, format
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.chat_template = use_chat_template(self.tokenizer, chat_template)
+        if self.chat_template:
+            check_chat_template(self.tokenizer)  # a template rmlab cannot split stops here, before any data is read
         # Chat templates carry their own special tokens; plain text gets the tokenizer's frame.
         self.frame = ([], [], []) if self.chat_template else special_token_frame(self.tokenizer)
         self.fractions = (val_fraction, test_fraction)
@@ -280,7 +298,8 @@ class PreferenceDataModule(L.LightningDataModule):
             if problem is not None:
                 _bad_row(policy, where, problem)
                 pair = {**placeholder, **({"margin": 0.0} if margin_column else {})}
-            pair.update(prompt_key=prompt_key(pair["prompt"]), origin=where, problem=problem)
+            pair.update(prompt_key=prompt_key(pair["prompt"]), origin=where, problem=problem,
+                        prompt=stored_messages(pair["prompt"]), reply_fields=pair.get("reply_fields"))
             if from_file:  # the file's other fields ride along (e.g. `subset` for the bias report)
                 pair.update({key: _scalar(fields.get(key)) if isinstance(fields, Mapping) else None for key in metadata})
             return pair
@@ -299,29 +318,85 @@ class PreferenceDataModule(L.LightningDataModule):
                 raise DataError(f"{origin}: every row was rejected (first: {origins[0]}: {problems[0]})")
             pairs = pairs.select(sorted(set(range(len(pairs))) - set(bad)))
         self.rejected[split] = len(bad)
-        return pairs.remove_columns("problem")
+        self._count_reply_fields(pairs, origin, split)
+        return pairs.remove_columns(["problem", "reply_fields"])
+
+    def _count_reply_fields(self, pairs: Dataset, origin: str, split: str) -> None:
+        """Final replies with fields beside their content (e.g. tool_calls): a pair scores the reply's
+        text only, so those fields are left out, and counted (data/<split>/reply_fields_dropped)."""
+        dropped = [(where, fields) for where, fields in zip(pairs["origin"], pairs["reply_fields"]) if fields]
+        self.reply_fields_dropped[split] = len(dropped)
+        if dropped:
+            log.warning("%s: %d final replies carry fields besides their content (%s), which a pair cannot score: only "
+                        "the reply text is trained on (first: %s)", origin, len(dropped),
+                        ", ".join(sorted({f for _, fields in dropped for f in fields.split(",")})), dropped[0][0])
 
     def _tokenize(self, pairs: Dataset, split: str) -> Dataset:
         tokenized = pairs.map(
-            tokenize_pair,
+            _tokenize_row,
             fn_kwargs={"tokenizer": self.tokenizer, "max_length": self.max_length, "overlong": self.overlong,
                        "chat_template": self.chat_template, "frame": self.frame},
             desc=f"tokenizing {split}",
         )
         kept = tokenized.filter(lambda keep: keep, input_columns="keep")
+        kept, same_ids = self._reject_same_ids(kept, split)
         kept = kept.add_column("index", list(range(len(kept))))  # row id, so eval rewards map back to texts
         self.stats[split] = {
             "pairs": len(kept),
             "truncated_prompt": sum(tokenized["prompt_truncated"]),
             "truncated_response": sum(tokenized["response_truncated"]),
-            "dropped": len(tokenized) - len(kept),
-            "rejected": self.rejected.get(split, 0),
+            "dropped": len(tokenized) - len(kept) - same_ids,
+            "rejected": self.rejected.get(split, 0) + same_ids,
+            "same_ids": same_ids,
+            "unknown_responses": sum(kept["unknown_responses"]),
+            "unrendered_tool_calls": sum(kept["unrendered_tool_calls"]),
+            "reply_fields_dropped": self.reply_fields_dropped.get(split, 0),
         }
         log.info("%s: %s (max_length=%d, overlong=%s)", split, self.stats[split], self.max_length, self.overlong)
+        self._warn_unreadable(kept, split)
         if len(kept) == 0:
-            raise ValueError(f"{split}: every pair was dropped as longer than data.max_length={self.max_length}; "
-                             "raise max_length or use data.overlong=truncate")
+            stats = self.stats[split]
+            raise DataError(f"{split}: no pair left: {stats['dropped']} longer than data.max_length={self.max_length} "
+                            f"(data.overlong={self.overlong}), {stats['same_ids']} whose responses tokenize alike, "
+                            f"{self.rejected.get(split, 0)} bad rows. Give this split more pairs"
+                            + (", or data.overlong=truncate" if stats["dropped"] else ""))
         return kept
+
+    def _reject_same_ids(self, pairs: Dataset, split: str) -> tuple[Dataset, int]:
+        """Pairs whose chosen and rejected sequences are the same token ids are bad rows, like
+        chosen == rejected: with data.on_bad_row=error the first stops the run, with skip they are
+        counted and kept in `self.rejects`. Counterfactual pairs (data.augment) are rmlab's own and
+        are always skipped. Returns the other pairs and how many were set aside."""
+        same = [i for i, flag in enumerate(pairs["same_ids"]) if flag]
+        if not same:
+            return pairs, 0
+        rows = pairs.select(same)
+        augmented = rows["augment"] if "augment" in rows.column_names else [""] * len(rows)
+        for row, made_here in zip(rows, augmented):
+            cut = f" once cut to data.max_length={self.max_length}" if row["response_truncated"] else ""
+            problem = (f"chosen and rejected become the same token ids{cut} (the tokenizer reads them alike: characters "
+                       "outside its vocabulary become its unknown token, some spacing is normalised away), so the pair "
+                       "cannot teach a preference")
+            if not made_here:
+                _bad_row(self.on_bad_row, row["origin"], problem)
+            fields = {k: row[k] for k in ("prompt", "chosen", "rejected")}
+            self.rejects.append({"split": split, "origin": row["origin"], "problem": problem, "row": fields})
+        log.warning("%s: %d pairs set aside whose two responses tokenize to the same ids (first: %s)", split, len(same),
+                    rows[0]["origin"])
+        return pairs.select(sorted(set(range(len(pairs))) - set(same))), len(same)
+
+    def _warn_unreadable(self, pairs: Dataset, split: str) -> None:
+        """Say when the backbone's vocabulary cannot read the data, or its chat template leaves tool calls out."""
+        stats = self.stats[split]
+        if stats["unknown_responses"]:
+            first = next(origin for origin, n in zip(pairs["origin"], pairs["unknown_responses"]) if n)
+            log.warning("%s: %d of %d responses contain the tokenizer's unknown token %r: the backbone cannot read parts of "
+                        "them (e.g. emoji); first: %s", split, stats["unknown_responses"], 2 * len(pairs),
+                        self.tokenizer.unk_token, first)
+        if stats["unrendered_tool_calls"]:
+            log.warning("%s: the chat template left out %d tool calls of the prompts (it does not render `tool_calls`): "
+                        "the model does not see them. data.chat_template=false renders them as text", split,
+                        stats["unrendered_tool_calls"])
 
     def setup(self, stage: str | None = None) -> None:
         """`fit` (and None) prepares every split; `validate` / `test` only the one they need, so a
@@ -333,8 +408,6 @@ class PreferenceDataModule(L.LightningDataModule):
         describe = getattr(self.source, "describe", lambda split: split)
         self.rejects, self.rejected = [], {}
         normalised = {split: self._normalise(ds, describe(split), split) for split, ds in raw.items() if ds is not None}
-        if self.rejects:
-            self._report_rejects()
         missing = [split for split in SPLITS if split not in normalised]
         if any(split in missing for split in needed):
             if "train" not in normalised:
@@ -358,6 +431,8 @@ class PreferenceDataModule(L.LightningDataModule):
         if "train" in needed and self.augment["share"]:
             normalised["train"], added = self._augment(normalised["train"])
         self.splits.update({split: self._tokenize(normalised[split], split) for split in needed})
+        if self.rejects:
+            self._report_rejects()
         if "train" in needed:
             self.stats["train"]["augmented"] = added
             self._balance(self.splits["train"])
@@ -399,7 +474,7 @@ class PreferenceDataModule(L.LightningDataModule):
             self.splits["train"] = train.add_column("balance_weight", self.train_weights.tolist())
 
     def _report_rejects(self) -> None:
-        counts = {split: n for split, n in self.rejected.items() if n}
+        counts = dict(Counter(reject["split"] for reject in self.rejects))
         first = self.rejects[0]
         log.warning("skipped %d bad rows (data.on_bad_row=skip) %s, written to %s; first: %s: %s",
                     len(self.rejects), counts, self.rejects_file or "(no data.rejects_file)", first["origin"], first["problem"])

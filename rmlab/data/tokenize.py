@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from rmlab.data.formats import template_messages
+from rmlab.errors import ConfigError
+
 OVERLONG_POLICIES = ("truncate", "drop")
-_PLAIN_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
+_PLAIN_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System", "tool": "Tool"}
 
 
 def use_chat_template(tokenizer: PreTrainedTokenizerBase, chat_template: str | bool) -> bool:
@@ -15,22 +20,77 @@ def use_chat_template(tokenizer: PreTrainedTokenizerBase, chat_template: str | b
     if chat_template == "auto":
         return tokenizer.chat_template is not None
     if chat_template and tokenizer.chat_template is None:
-        raise ValueError("data.chat_template=true but the tokenizer has no chat template")
+        raise ConfigError("data.chat_template=true but the tokenizer has no chat template; use data.chat_template=auto or false")
     return bool(chat_template)
 
 
-def render(prompt: list[dict[str, str]], response: str, tokenizer, chat_template: bool) -> tuple[str, str]:
-    """Prompt text and response text; their concatenation is what the model reads."""
+def reply_start(generation_prompt: str, full: str, response: str) -> int:
+    """Where the reply begins in a chat template's rendering of the whole conversation (`full`).
+
+    Usually `full` starts with the prompt rendered with a generation prompt, and the reply follows
+    it. Templates whose generation prompt pre-fills the assistant turn (reasoning models: it ends in
+    an opening `<think>` that the rendered conversation does not have) diverge inside it: the reply
+    then starts where the two renderings part, never after where the reply's own text begins.
+    """
+    cut = len(os.path.commonprefix([generation_prompt, full]))
+    at = full.rfind(response)
+    return min(cut, at) if at >= 0 else cut
+
+
+def _tool_calls(message: dict[str, Any]) -> list[tuple[str, str]]:
+    """(function name, arguments as text) of a message's tool calls (OpenAI's layout, or flat)."""
+    calls = []
+    for call in message.get("tool_calls") or []:
+        function = call.get("function", call) if isinstance(call, dict) else {}
+        arguments = function.get("arguments", "")
+        calls.append((str(function.get("name", "")), arguments if isinstance(arguments, str) else json.dumps(arguments)))
+    return calls
+
+
+def _plain_turn(message: dict[str, Any]) -> str:
+    """One message as `Role: content`, tool calls as `[tool call: name(arguments)]` lines."""
+    role = _PLAIN_ROLES.get(message["role"], message["role"])
+    if message["role"] == "tool" and message.get("name"):
+        role = f"{role} ({message['name']})"
+    lines = [f"{role}: {message['content']}".rstrip()]
+    lines += [f"[tool call: {name}({arguments})]" for name, arguments in _tool_calls(message)]
+    return "\n".join(lines)
+
+
+def render(prompt: list[dict[str, Any]], response: str, tokenizer, chat_template: bool) -> tuple[str, str]:
+    """Prompt text and response text; their concatenation is what the model reads. Messages reach
+    the chat template with all their fields (tool_calls, name, ...); without a template, rmlab
+    writes the turns itself, tool calls included.
+
+    Raises ValueError when the template's rendering does not contain the reply."""
+    messages = template_messages(prompt)
     if chat_template:
-        prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}], tokenize=False)
-        if not full.startswith(prompt_text):
-            raise ValueError("the chat template renders the prompt differently with and without a reply")
-        return prompt_text, full[len(prompt_text):]
-    if len(prompt) == 1 and prompt[0]["role"] == "user":
-        return prompt[0]["content"], response
-    turns = [f"{_PLAIN_ROLES.get(m['role'], m['role'])}: {m['content']}" for m in prompt]
-    return "\n\n".join(turns) + "\n\nAssistant:", response
+        full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
+        generation_prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        cut = reply_start(generation_prompt, full, response)
+        if response.strip() not in full[cut:]:
+            raise ValueError("the chat template's rendering of a conversation does not contain its final reply")
+        return full[:cut], full[cut:]
+    if len(messages) == 1 and messages[0]["role"] == "user" and not _tool_calls(messages[0]):
+        return messages[0]["content"], response
+    return "\n\n".join(_plain_turn(m) for m in messages) + "\n\nAssistant:", response
+
+
+def unrendered_tool_calls(prompt: list[dict[str, Any]], prompt_text: str) -> int:
+    """Tool calls of the prompt whose function name the rendered prompt does not contain: a chat
+    template that ignores `tool_calls` drops them (counted by the DataModule, never silently)."""
+    return sum(name not in prompt_text for m in template_messages(prompt) for name, _ in _tool_calls(m))
+
+
+def check_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Render one small conversation, so that a template rmlab cannot split into prompt and reply
+    stops the run before any data is read."""
+    prompt = [{"role": "user", "content": "What is 2 + 2?"}]
+    try:
+        render(prompt, "It is 4.", tokenizer, True)
+    except Exception as error:  # jinja errors, or a template that drops the reply
+        raise ConfigError(f"the tokenizer's chat template cannot be split into prompt and reply ({type(error).__name__}: "
+                          f"{error}); train on plain text with data.chat_template=false") from None
 
 
 def special_token_frame(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int], list[int]]:
@@ -65,13 +125,20 @@ def tokenize_pair(
 
     Over-long pairs: `truncate` keeps both responses whole and cuts the prompt from the left
     (the same prompt tokens for both sides); a response that alone exceeds the budget is cut at
-    its end. `drop` marks the pair `keep=False`. Every case is flagged so the caller can count it.
+    its end. `drop` marks the pair `keep=False`. Every case is flagged so the caller can count it,
+    and so are pairs whose two sequences are the same ids (`same_ids`), responses holding the
+    tokenizer's unknown token (`unknown_responses`: 0, 1 or 2) and prompt tool calls that the chat
+    template left out (`unrendered_tool_calls`).
     """
     if overlong not in OVERLONG_POLICIES:
         raise ValueError(f"data.overlong={overlong!r}; choose one of {OVERLONG_POLICIES}")
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     prompt_text, chosen_text = render(pair["prompt"], pair["chosen"], tokenizer, chat_template)
-    _, rejected_text = render(pair["prompt"], pair["rejected"], tokenizer, chat_template)
+    other_prompt, rejected_text = render(pair["prompt"], pair["rejected"], tokenizer, chat_template)
+    if other_prompt != prompt_text:  # a pre-filled turn that one reply starts like: share what both share
+        shared = os.path.commonprefix([prompt_text, other_prompt])
+        chosen_text, rejected_text = prompt_text[len(shared):] + chosen_text, other_prompt[len(shared):] + rejected_text
+        prompt_text = shared
     prompt_ids, chosen_ids, rejected_ids = encode(prompt_text), encode(chosen_text), encode(rejected_text)
     # Chat templates carry their own special tokens; plain text gets the model's `frame`
     # ([CLS] prompt [SEP] response [SEP] for BERT), from special_token_frame.
@@ -88,12 +155,19 @@ def tokenize_pair(
             response_truncated = True
             chosen_ids, rejected_ids = chosen_ids[:budget], rejected_ids[:budget]
 
+    chosen_input_ids = before + prompt_ids + between + chosen_ids + after
+    rejected_input_ids = before + prompt_ids + between + rejected_ids + after
+    unknown = tokenizer.unk_token_id
     return {
-        "chosen_input_ids": before + prompt_ids + between + chosen_ids + after,
-        "rejected_input_ids": before + prompt_ids + between + rejected_ids + after,
+        "chosen_input_ids": chosen_input_ids,
+        "rejected_input_ids": rejected_input_ids,
         "chosen_response_tokens": len(chosen_ids),
         "rejected_response_tokens": len(rejected_ids),
         "prompt_truncated": prompt_truncated,
         "response_truncated": response_truncated,
         "keep": fits or overlong == "truncate",
+        # Different texts, same ids (e.g. emoji read as [UNK], spacing normalised away): no preference to learn.
+        "same_ids": chosen_input_ids == rejected_input_ids,
+        "unknown_responses": 0 if unknown is None else (unknown in chosen_ids) + (unknown in rejected_ids),
+        "unrendered_tool_calls": unrendered_tool_calls(pair["prompt"], prompt_text) if chat_template else 0,
     }

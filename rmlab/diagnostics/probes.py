@@ -145,7 +145,7 @@ STOPWORDS = frozenset("what which when where this that with from have does your 
 
 
 def _content_words(prompt: list[dict] | str) -> set[str]:
-    text = prompt if isinstance(prompt, str) else " ".join(m["content"] for m in prompt)
+    text = prompt if isinstance(prompt, str) else " ".join(m["content"] or "" for m in prompt)
     return set(re.findall(r"[a-z]{4,}", text.lower())) - STOPWORDS
 
 
