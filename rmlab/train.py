@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import resource
 import time
@@ -18,6 +17,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from rmlab import strict_json
 from rmlab.config import CONFIG_DIR
 from rmlab.hardware import cpu_bf16_speedup
 from rmlab.throughput import KEYS as THROUGHPUT_KEYS
@@ -77,6 +77,9 @@ def train(cfg: DictConfig) -> dict:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)  # loading runs no pickled code
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+        if best is None:
+            log.warning("fit wrote no best checkpoint (no validation ran: check trainer.check_val_every_n_epoch, "
+                        "trainer.limit_val_batches and the callbacks): val/acc is null, and test uses the final weights")
         summary = {
             "val/acc": float(checkpoint.best_model_score) if best else float(trainer.callback_metrics.get("val/acc", float("nan"))),
             "train/steps": trainer.global_step,
@@ -95,8 +98,8 @@ def train(cfg: DictConfig) -> dict:
             **({"peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if torch.cuda.is_available() else {}),
         })
         if trainer.is_global_zero:
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-            log.info("summary: %s", json.dumps(summary))
+            (run_dir / "summary.json").write_text(strict_json.dumps(summary, indent=2) + "\n")
+            log.info("summary: %s", strict_json.dumps(summary))
         return summary
     finally:
         if isinstance(logger, WandbLogger):

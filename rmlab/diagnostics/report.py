@@ -3,12 +3,12 @@ PNG plots, flattened to scalars for Lightning loggers, and logged as W&B tables,
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from rmlab import strict_json
 from rmlab.diagnostics import metrics
 from rmlab.diagnostics.patterns import PATTERNS
 
@@ -20,7 +20,7 @@ def prompt_text(prompt: list[dict] | str) -> str:
     if isinstance(prompt, str):
         return prompt
     users = [m["content"] for m in prompt if m["role"] == "user"]
-    return users[-1] if users else prompt[-1]["content"]
+    return users[-1] if users else (prompt[-1]["content"] or "") if prompt else ""
 
 
 def build_report(pairs: dict[str, Sequence], reward_chosen: torch.Tensor, reward_rejected: torch.Tensor,
@@ -222,7 +222,7 @@ def write(report: dict[str, Any], reward_chosen: torch.Tensor, reward_rejected: 
           pairs: dict[str, Sequence], out_dir: Path, title: str = "Reward model bias report") -> dict[str, Path]:
     """report.json, report.md and the PNG plots into out_dir; returns the plot paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out_dir / "report.json").write_text(strict_json.dumps(report, indent=2, default=str) + "\n")
     (out_dir / "report.md").write_text(to_markdown(report, title) + "\n")
     return plot(report, reward_chosen, reward_rejected, pairs, out_dir)
 
