@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, ListConfig
 
-from rmlab.errors import ConfigError, DataError
+from rmlab.errors import ConfigError, DataError, NonFiniteError
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +155,9 @@ class UserInputError(CompactHydraException):
 
 
 def user_error(error: BaseException | None) -> Exception | None:
-    """The ConfigError, DataError or FileNotFoundError (a path the user gave) behind an exception
+    """The ConfigError, DataError, NonFiniteError or FileNotFoundError (a path the user gave) behind an exception
     (Hydra's instantiate wraps a constructor's error)."""
-    while error is not None and not isinstance(error, (ConfigError, DataError, FileNotFoundError)):
+    while error is not None and not isinstance(error, (ConfigError, DataError, NonFiniteError, FileNotFoundError)):
         error = error.__cause__
     return error
 

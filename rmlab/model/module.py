@@ -13,15 +13,11 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import nn
 
 from rmlab.data.collate import packed_attention, sequence_masks
-from rmlab.errors import ConfigError
+from rmlab.errors import ConfigError, NonFiniteError
 from rmlab.model.backbone import apply_lora, is_causal_decoder, load_backbone
 
 log = logging.getLogger(__name__)
 NONFINITE_POLICIES = ("stop", "skip")
-
-
-class NonFiniteError(RuntimeError):
-    """A NaN or infinite loss or reward (model.on_nonfinite=stop); names the step and the pairs."""
 
 
 def pair_correct(margin: torch.Tensor) -> torch.Tensor:
@@ -234,7 +230,11 @@ class RewardModel(L.LightningModule):
                    reward_chosen: torch.Tensor, reward_rejected: torch.Tensor) -> str | None:
         """None when the loss and every reward are finite on every rank; else what went wrong where
         (model.on_nonfinite=stop: raised as NonFiniteError)."""
-        rows_finite = torch.isfinite(reward_chosen) & torch.isfinite(reward_rejected)
+        # A pair is at fault when its rewards, or what the loss reads of it (margin, weight), are not finite.
+        logits = reward_chosen - reward_rejected - (batch["margin"] if batch.get("margin") is not None else 0)
+        if batch.get("weight") is not None:
+            logits = logits * batch["weight"]
+        rows_finite = torch.isfinite(reward_chosen) & torch.isfinite(reward_rejected) & torch.isfinite(logits)
         bad_here = not bool(rows_finite.all() & torch.isfinite(loss))
         # Every rank must take the same branch: one rank skipping its backward (or raising) while
         # the others go on would leave them waiting for it in the gradient all-reduce.
@@ -244,9 +244,11 @@ class RewardModel(L.LightningModule):
         if not bad_here:
             message = f"non-finite loss or reward on another rank {where}"
         else:
-            rows = (~rows_finite).nonzero().flatten().tolist() or list(range(len(rows_finite)))  # loss alone: all
-            pairs = "; ".join(self._pair_names(split, batch.get("index"), rows))
-            message = f"non-finite loss ({float(loss.detach()):.4g}) or reward {where}; pairs: {pairs}"
+            rows = (~rows_finite).nonzero().flatten().tolist()
+            names = self._pair_names(split, batch.get("index"), rows[:5])
+            pairs = "; ".join(names) + (f"; and {len(rows) - 5} more" if len(rows) > 5 else "")
+            culprits = f"pairs: {pairs}" if rows else f"every pair's rewards are finite ({len(rows_finite)} in the batch)"
+            message = f"non-finite loss ({float(loss.detach()):.4g}) or reward {where}; {culprits}"
         if self.on_nonfinite == "stop":
             raise NonFiniteError(f"{message}. Lower model.optimizer.lr, check those pairs, or set "
                                  "model.on_nonfinite=skip to skip such batches")
