@@ -64,10 +64,21 @@ def load_reward_model(checkpoint: dict) -> tuple[RewardModel, DictConfig]:
     return model.eval(), run_cfg
 
 
+def non_null(settings: dict) -> dict:
+    """The keys that are set: None values dropped, nested dicts too (so `data.columns.margin=gap` replaces
+    that one column name and keeps the checkpoint's others)."""
+    out = {}
+    for key, value in settings.items():
+        value = non_null(value) if isinstance(value, dict) else value
+        if value is not None and value != {}:
+            out[key] = value
+    return out
+
+
 def data_config(run_cfg: DictConfig, overrides: DictConfig | None, split: str) -> tuple[dict, str]:
     """The checkpoint's data config with the non-null `data.*` overrides applied. A file given as
     data.path (or data.test_path) is evaluated whole, as the test split."""
-    given = {k: v for k, v in (OmegaConf.to_container(overrides, resolve=False) if overrides else {}).items() if v is not None}
+    given = non_null(OmegaConf.to_container(overrides, resolve=False) if overrides else {})
     if given.get("path") or given.get("test_path"):
         given.update(source=None, test_path=given.get("test_path") or given["path"], path=None, val_path=None)
         split = "test"
