@@ -76,13 +76,20 @@ def test_evaluate_a_file_with_a_subset_column(checkpoint, tmp_path):
             for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10)]]
     rows += [{"prompt": f"Say hello to {name}.", "chosen": f"Hello, {name}!", "rejected": "No.", "subset": "chat"}
              for name in ["Ann", "Bo", "Cy"]]
+    rows = [{**row, "gap": 0.5} for row in rows]
+    # A pair whose responses MiniLM reads alike (both emoji are [UNK]): set aside under skip, with its line.
+    rows.insert(2, {"prompt": "Is the build green?", "chosen": "Build: \U0001F44D", "rejected": "Build: \U0001F44E",
+                    "subset": "math", "gap": 0.5})
     path = tmp_path / "pairs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8-sig")  # with a byte-order mark
     out = tmp_path / "eval"
-    result = _evaluate([f"ckpt={ckpt}", "data=local", f"data.path={path}", "logger=csv", f"hydra.run.dir={out}"], tmp_path)
+    result = _evaluate([f"ckpt={ckpt}", "data=local", f"data.path={path}", "logger=csv", f"hydra.run.dir={out}",
+                        "data.columns.margin=gap", "data.on_bad_row=skip"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
     assert report["n"] == 8  # the whole file, not a carved split
+    [reject] = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert reject["origin"] == f"{path} line 3" and "the same token ids" in reject["problem"]
     assert report["subset_column"] == "subset"
     assert {k: v["n"] for k, v in report["subsets"].items()} == {"chat": 3, "math": 5}
     assert report["overall"]["acc"] == pytest.approx((5 * report["subsets"]["math"]["acc"] + 3 * report["subsets"]["chat"]["acc"]) / 8)

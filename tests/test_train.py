@@ -29,6 +29,8 @@ def test_short_training_on_synthetic_pairs_beats_chance_on_held_out_prompts(tmp_
     assert summary["train/steps"] == 2000 // 16 == 125
     assert summary["train/pairs_seen"] == 2000
     assert summary["data/test/pairs"] == 300 and summary["data/train/dropped"] == 0
+    # MiniLM reads every synthetic response: no [UNK], no pair whose responses tokenize alike.
+    assert [summary[f"data/{s}/{k}"] for s in ("train", "test") for k in ("unknown_responses", "same_ids")] == [0, 0, 0, 0]
     assert summary["test/acc"] >= 0.7, summary  # chance is 0.5; test prompts are unseen in training
     assert Path(summary["best_checkpoint"]).parent == tmp_path / "checkpoints"
     assert (tmp_path / "config.yaml").read_text().count("${") == 0  # resolved
