@@ -327,3 +327,24 @@ def test_evaluate_takes_a_single_column_override(tmp_path):
     data, split = data_config(run_cfg, OmegaConf.create(given), "test")
     assert data["columns"] == {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "margin": "gap"}
     assert split == "test"
+
+
+def test_the_nonfinite_error_leaves_the_cli_short_and_lands_in_the_log(tmp_path):
+    from rmlab.launch import UserInputError, short_user_errors
+
+    handler = logging.FileHandler(tmp_path / "train.log")
+    logging.getLogger().addHandler(handler)
+
+    @short_user_errors
+    def task(cfg):
+        raise NonFiniteError("non-finite loss (inf) or reward at global step 0; pairs: train row 11")
+
+    try:
+        with pytest.raises(UserInputError) as raised:
+            task(None)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    assert str(raised.value) == ("NonFiniteError: non-finite loss (inf) or reward at global step 0; pairs: train row 11\n"
+                                 f"(the traceback is in {tmp_path / 'train.log'})")
+    assert "NonFiniteError: non-finite loss (inf)" in (tmp_path / "train.log").read_text()
