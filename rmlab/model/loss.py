@@ -1,6 +1,8 @@
-"""Pairwise reward-model losses."""
+"""Reward-model losses: pairwise (chosen vs rejected), and over a set of K responses to one prompt."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -95,3 +97,82 @@ class OdinLoss(BradleyTerryLoss):
         if head_weight is not None and self.orthogonal_coef:
             loss = loss + self.orthogonal_coef * F.cosine_similarity(head_weight[0], head_weight[1], dim=0).abs()
         return loss
+
+
+# -- Losses over a set of K responses to one prompt ---------------------------------------------------
+# rewards, scores: [B, K]; mask: [B, K] bool, True where a response exists (sets of fewer than K
+# responses are padded). Higher scores are better; equal scores are ties. A pair is the set K = 2.
+
+def ordered_pairs(scores: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, K, K] booleans: `better[b, i, j]` where response i of set b outscores response j, and
+    `tied[b, i, j]` (i < j) where they score the same; padding takes part in neither."""
+    both = mask[:, :, None] & mask[:, None, :]
+    better = both & (scores[:, :, None] > scores[:, None, :])
+    upper = torch.ones(scores.shape[1], scores.shape[1], dtype=torch.bool, device=scores.device).triu(1)
+    tied = both & (scores[:, :, None] == scores[:, None, :]) & upper
+    return better, tied
+
+
+def set_pair_counts(scores: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B] ordered pairs, [B] tied pairs) that each set gives: K(K-1)/2 in all for K responses."""
+    better, tied = ordered_pairs(scores, mask)
+    return better.sum(dim=(1, 2)), tied.sum(dim=(1, 2))
+
+
+class AllPairsBradleyTerryLoss(nn.Module):
+    """Bradley-Terry over every ordered pair of a set: mean over the batch's pairs (i better than j)
+    of -log sigmoid(r_i - r_j - margin_scale * (s_i - s_j)); tied pairs teach nothing here (counted by
+    set_pair_counts). As TRL or OpenRLHF train on the K(K-1)/2 pairs of an expanded set, but with
+    every response scored once. K = 2 with margin_scale 0 is BradleyTerryLoss.
+
+    Bradley & Terry (1952), "Rank analysis of incomplete block designs"; the score-difference margin as
+    in Llama 2 (Touvron et al. 2023, arXiv 2307.09288), Eq. 2.
+    """
+
+    def __init__(self, margin_scale: float = 0.0):
+        super().__init__()
+        self.margin_scale = margin_scale
+
+    def forward(self, rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        better, _ = ordered_pairs(scores, mask)
+        logits = rewards[:, :, None] - rewards[:, None, :] - self.margin_scale * (scores[:, :, None] - scores[:, None, :])
+        return -F.logsigmoid(logits[better]).mean()
+
+
+class PlackettLuceLoss(nn.Module):
+    """Negative log-likelihood of the set's ranking under Plackett-Luce (ListMLE): for each response,
+    -(r_i - logsumexp of r_j over the responses not ranked above it), summed over the set and averaged
+    over the batch's sets. Ties use Breslow's rule (tied responses share one another in their
+    denominators), so tied responses are treated alike. K = 2 without a tie is BradleyTerryLoss.
+
+    Plackett (1975), "The analysis of permutations"; Luce (1959); as a ranking loss: ListMLE, Xia et al.
+    (2008), "Listwise approach to learning to rank", ICML, Eq. 9; ties: Breslow (1974), Biometrics 30.
+    """
+
+    def forward(self, rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # [B, K(i), K(j)]: j is still in the running when i is chosen (not ranked above i).
+        remaining = mask[:, None, :] & (scores[:, None, :] <= scores[:, :, None])
+        logits = rewards[:, None, :].expand_as(remaining).masked_fill(~remaining, float("-inf"))
+        terms = rewards - torch.logsumexp(logits, dim=2)  # [B, K]
+        return -(terms * mask).sum(dim=1).mean()
+
+
+class DavidsonTiesLoss(nn.Module):
+    """Bradley-Terry with ties (Davidson 1970, "On extending the Bradley-Terry model to accommodate
+    ties", JASA 65, Eq. 2.1): with d = r_i - r_j and tie strength nu,
+    P(i beats j) = e^{d/2} / (e^{d/2} + e^{-d/2} + nu),  P(tie) = nu / (e^{d/2} + e^{-d/2} + nu).
+    The loss is the mean negative log-likelihood over the batch's ordered and tied pairs, so tied
+    responses teach "equal" instead of being dropped."""
+
+    def __init__(self, tie_strength: float = 1.0):
+        super().__init__()
+        if tie_strength <= 0:
+            raise ValueError(f"tie_strength must be > 0, got {tie_strength}")
+        self.log_nu = math.log(tie_strength)
+
+    def forward(self, rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        better, tied = ordered_pairs(scores, mask)
+        half = (rewards[:, :, None] - rewards[:, None, :]) / 2
+        log_norm = torch.logsumexp(torch.stack([half, -half, torch.full_like(half, self.log_nu)]), dim=0)
+        nll = torch.cat([(log_norm - half)[better], (log_norm - self.log_nu)[tied]])
+        return nll.mean()
