@@ -66,3 +66,25 @@ def test_best_of_n_ends_and_bounds():
 def test_best_of_n_kl():
     assert best_of_n_kl(1) == 0.0
     assert best_of_n_kl(4) == pytest.approx(math.log(4) - 0.75)
+
+
+def test_the_bon_scaling_fit_recovers_its_coefficients():
+    from rmlab.diagnostics.sets import fit_bon_scaling
+
+    kl = [best_of_n_kl(n) for n in (1, 2, 4, 8, 16, 32)]
+    gain = [math.sqrt(k) * (0.8 - 0.3 * math.sqrt(k)) for k in kl]
+    assert fit_bon_scaling(kl, gain) == (pytest.approx(0.8), pytest.approx(0.3))
+
+
+def test_ensemble_aggregations_by_hand():
+    import torch
+
+    from rmlab.model.ensemble import aggregate
+
+    rewards = torch.tensor([[1.0, 0.0], [3.0, 0.0], [2.0, 3.0]])  # 3 members, 2 responses
+    assert aggregate(rewards, "mean").tolist() == [2.0, 1.0]
+    assert aggregate(rewards, "min").tolist() == [1.0, 0.0]
+    std = math.sqrt(2 / 3)  # of (1, 3, 2); of (0, 0, 3): sqrt(2)
+    assert aggregate(rewards, "uncertainty_weighted", 0.5).tolist() == pytest.approx([2.0 - 0.5 * std, 1.0 - 0.5 * math.sqrt(2)])
+    with pytest.raises(ValueError, match="choose one of"):
+        aggregate(rewards, "median")

@@ -97,3 +97,14 @@ def best_of_n_kl(n: int) -> float:
     """The KL divergence of best-of-n sampling from the base policy, log n - (n - 1) / n (nats), the
     x axis of Gao et al. (2023), "Scaling laws for reward model overoptimization", arXiv 2210.10760."""
     return math.log(n) - (n - 1) / n
+
+
+def fit_bon_scaling(kl: Sequence[float], gain: Sequence[float]) -> tuple[float, float]:
+    """Least-squares (alpha, beta) of Gao et al.'s best-of-n form gain = d (alpha - beta d), d = sqrt(KL):
+    `gain` is the gold score at each KL minus the gold score at KL 0 (n = 1). Gao, Schulman & Hilton
+    (2023), "Scaling laws for reward model overoptimization", arXiv 2210.10760, Eq. 1 (R_bon).
+    beta > 0 means the curve turns down; its peak is at d = alpha / (2 beta)."""
+    d = np.sqrt(np.asarray(kl, dtype=float))
+    design = np.stack([d, -d**2], axis=1)
+    (alpha, beta), *_ = np.linalg.lstsq(design, np.asarray(gain, dtype=float), rcond=None)
+    return float(alpha), float(beta)
