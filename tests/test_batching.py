@@ -7,7 +7,8 @@ import importlib.util
 
 import pytest
 
-from rmlab.data.datamodule import LengthSortedSampler, PreferenceDataModule, ResumableSampler
+from rmlab.data.datamodule import PreferenceDataModule
+from rmlab.data.samplers import LengthSortedSampler, ResumableSampler
 
 LENGTHS = [(i * 37) % 101 + 1 for i in range(200)]  # 200 pairs of lengths 1..101, in no order
 
