@@ -117,3 +117,12 @@ def test_cpu_form_runs_every_step_and_records_each(tmp_path):
             assert record["export_max_abs_diff"] <= 1e-3
     table = (tmp_path / "gpu_check.md").read_text()
     assert all(f"| {name} | {record['status']} |" in table for name, record in steps.items())
+
+
+def test_gpu_form_step_budgets_fit_in_eight_minutes():
+    """The GPU form is planned for a 10-minute device command: its step budgets (each step's kill limit) sum
+    to the check's budget, under 8 minutes; the CPU form keeps the GPU form's steps."""
+    gpu = OmegaConf.load(REPO / "conf" / "gpu_check.yaml")
+    cpu = OmegaConf.load(REPO / "conf" / "gpu_check_cpu.yaml")
+    assert sum(step.budget_s for step in gpu.steps.values()) == gpu.budget_s <= 8 * 60
+    assert list(cpu.steps) == list(gpu.steps) and cpu.defaults == ["gpu_check", "_self_"]
