@@ -129,6 +129,9 @@ def speed(cfg: DictConfig, step: DictConfig, out: Path, deadline: float) -> dict
     """A short Qwen training run; its throughput figures and peak memory from its summary.json."""
     q = cfg.qwen
     model = ["model=qwen2_5_0_5b", "pooling=last", "model.backbone.random_init=true", *q.overrides, *step.overrides]
+    if q.get("tokenizer"):  # a folder of tokenizer files instead of the packaged SmolLM2's
+        model += [f"model.backbone.random_init_from.tokenizer.name_or_path={Path(q.tokenizer).resolve()}",
+                  "model.backbone.random_init_from.tokenizer.gguf_file=null"]
     params = parameters([o for o in model if not o.startswith("trainer=")])
     steps = q.warmup_steps + q.steps
     run(["rmlab.train", *train_overrides(cfg, model, out), f"data.batch_size={q.batch_size}",

