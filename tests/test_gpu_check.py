@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_train
+from rmlab.bench.gpu_check import run_step
+from rmlab.config import CONFIG_DIR
 from rmlab.errors import ConfigError
 from rmlab.model.backbone import is_causal_decoder, load_backbone, load_config, load_tokenizer
 
@@ -131,3 +134,21 @@ def test_gpu_form_step_budgets_fit_in_eight_minutes():
     cpu = OmegaConf.load(REPO / "conf" / "gpu_check_cpu.yaml")
     assert sum(step.budget_s for step in gpu.steps.values()) == gpu.budget_s <= 8 * 60
     assert list(cpu.steps) == list(gpu.steps) and cpu.defaults == ["gpu_check", "_self_"]
+
+
+@pytest.mark.slow
+def test_a_failing_step_is_recorded_with_its_error_and_skips_say_why(tmp_path):
+    """run_step never raises: a step whose run fails gives its error and log tail; missing needs or budget skip it."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("gpu_check_cpu", overrides=[f"out={tmp_path}"])
+        broken = OmegaConf.create({"kind": "speed", "budget_s": 600, "overrides": ["data.packing=bogus"]})
+        failed = run_step(cfg, "broken", broken, tmp_path, check_end=time.time() + 600)
+        assert failed["status"] == "error" and failed["step"] == "broken"
+        assert failed["error"].startswith("StepFailed: rmlab.train exited with 1: ")
+        assert "data.packing='bogus'" in failed["error"] and "data.packing='bogus'" in failed["log_tail"]
+        needs = OmegaConf.create({"kind": "speed", "budget_s": 60, "needs": ["not_a_real_package"], "overrides": []})
+        assert run_step(cfg, "needs", needs, tmp_path, time.time() + 600)["reason"] == "not_a_real_package not installed"
+        late = run_step(cfg, "late", OmegaConf.create({"kind": "environment", "budget_s": 20}), tmp_path, time.time() + 5)
+        assert (late["status"], late["reason"]) == ("skipped", "the check's budget_s=1800 is spent")

@@ -49,8 +49,10 @@ class StepFailed(RuntimeError):
 
 
 def last_error_line(lines: list[str]) -> str:
-    """The line of a log that says what went wrong: the last one that is not Hydra's trailer."""
-    trailer = ("full_key:", "Set the environment variable HYDRA_FULL_ERROR")
+    """The line of a log that says what went wrong: the last one that is not a trailer (Hydra's, or
+    rmlab's pointer to the traceback after a short user error)."""
+    trailer = ("full_key:", "Set the environment variable HYDRA_FULL_ERROR", "(the traceback is in ",
+               "(HYDRA_FULL_ERROR=1 shows the traceback")
     said = [line.strip() for line in lines if line.strip() and not line.strip().startswith(trailer)]
     return said[-1] if said else "(empty log)"
 
@@ -136,8 +138,8 @@ def speed(cfg: DictConfig, step: DictConfig, out: Path, deadline: float) -> dict
     steps = q.warmup_steps + q.steps
     run(["rmlab.train", *train_overrides(cfg, model, out), f"data.batch_size={q.batch_size}",
          f"data.max_length={q.max_length}", f"data.source.n_train={steps * q.batch_size}", "data.source.n_val=8",
-         "data.source.n_test=8", f"trainer.max_steps={steps}", "trainer.max_epochs=1", "+trainer.limit_val_batches=0",
-         "+trainer.enable_checkpointing=false", "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null",
+         "data.source.n_test=8", f"trainer.max_steps={steps}", "trainer.max_epochs=1", "++trainer.limit_val_batches=0",
+         "++trainer.enable_checkpointing=false", "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null",
          f"callbacks.throughput.warmup_steps={q.warmup_steps}", "test_after_fit=false"],
         out / "train.log", deadline - time.time())
     summary = json.loads((out / "summary.json").read_text())
@@ -179,8 +181,8 @@ def real(cfg: DictConfig, step: DictConfig, out: Path, deadline: float) -> dict:
     for where in dict.fromkeys((device, "cpu")):  # on CPU the comparison is trivial, the path the same
         scored = out / f"scores-{where}.jsonl"
         run(["rmlab.score", f"model_path={out / 'export'}", f"data.path={pairs}", f"out={scored}", f"device={where}",
-             "precision=fp32", *step.get("score", []), f"hydra.run.dir={out / f'score-run-{where}'}"], out / f"score-{where}.log",
-            deadline - time.time())
+             "precision=fp32", *step.get("score", []), f"hydra.run.dir={out / f'score-run-{where}'}"],
+            out / f"score-{where}.log", deadline - time.time())
         rewards[where] = read_rewards(scored)
     diff = max(abs(a - b) for a, b in zip(rewards[device], rewards["cpu"], strict=True))
     result = {"steps": summary["train/steps"], "test_acc": summary.get("test/acc"),
