@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -133,6 +134,8 @@ def test_gpu_form_step_budgets_fit_in_eight_minutes():
     gpu = OmegaConf.load(REPO / "conf" / "gpu_check.yaml")
     cpu = OmegaConf.load(REPO / "conf" / "gpu_check_cpu.yaml")
     assert sum(step.budget_s for step in gpu.steps.values()) == gpu.budget_s <= 8 * 60
+    stated = re.findall(r"(\w+) (\d+) s\b", (REPO / "scripts" / "gpu_check.sh").read_text())  # its header repeats them
+    assert {name: int(seconds) for name, seconds in stated} == {name: step.budget_s for name, step in gpu.steps.items()}
     assert list(cpu.steps) == list(gpu.steps) and cpu.defaults == ["gpu_check", "_self_"]
 
 
