@@ -3,7 +3,7 @@ other dependencies needs to run scripts/gpu_check.sh (README "GPU check").
 
 Run here, with pip and the registry:
 
-    python scripts/gpu_check_bundle.py            # writes .gpu_check/ (git-ignored through .git/info/exclude)
+    python scripts/gpu_check_bundle.py            # writes .gpu_check/ (git-ignored: it holds its own .gitignore)
 
 - .gpu_check/wheels/: the dependencies such an image lacks (MISSING below: hydra-core, omegaconf,
   datasets, wandb, gguf and what they need beyond torch/lightning/transformers/numpy/pandas/pyarrow/
@@ -48,14 +48,7 @@ def main() -> None:
     wheels = BUNDLE / "wheels"
     shutil.rmtree(BUNDLE, ignore_errors=True)
     wheels.mkdir(parents=True)
-    # Ignored, so that it is never committed (a worktree's .git is a file: ask git where its exclude file is).
-    exclude = Path(subprocess.run(["git", "rev-parse", "--git-path", "info/exclude"], cwd=REPO, capture_output=True,
-                                  text=True, check=True).stdout.strip())
-    exclude = exclude if exclude.is_absolute() else REPO / exclude
-    if "/.gpu_check/" not in (exclude.read_text() if exclude.exists() else ""):
-        exclude.parent.mkdir(parents=True, exist_ok=True)
-        with exclude.open("a") as handle:
-            handle.write("/.gpu_check/\n")
+    (BUNDLE / ".gitignore").write_text("*\n")  # never committed (the folder ignores itself)
     platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
                     "3.12", "--implementation", "cp", *platforms, "-d", str(wheels), *map(pin, MISSING)], check=True)
