@@ -95,7 +95,8 @@ class KeepAfterFit(L.Callback):
       state: weights, config and bookkeeping remain, which is all rmlab.evaluate, rmlab.export,
       rmlab.score and testing read. AdamW's two moments are twice the weights, so a checkpoint shrinks
       to about a third (MiniLM-L6 fp32: 270 MB -> 90 MB).
-    - last.ckpt (and any save_last file), which only resuming needs, is deleted unless `keep_last`.
+    - last.ckpt (and any save_last file), which only resuming needs, is deleted unless `keep_last`, or
+      unless there is no best checkpoint (no validation ran): then it holds the only weights.
     """
 
     def __init__(self, keep_last: bool = False, slim_best: bool = True) -> None:
@@ -106,14 +107,19 @@ class KeepAfterFit(L.Callback):
             return
         best, resume_state = set(), set()
         for callback in trainer.checkpoint_callbacks:
-            files = best if callback.monitor else resume_state
-            files.update(callback.best_k_models if callback.monitor else [callback.best_model_path])
-            if callback.last_model_path:
-                resume_state.add(callback.last_model_path)
-        for path in sorted(p for p in best if p and Path(p).is_file() and p not in resume_state):
-            if self.slim_best:
+            (best if callback.monitor else resume_state).update(
+                callback.best_k_models if callback.monitor else [callback.best_model_path])
+            resume_state.add(callback.last_model_path)
+        resume_state = sorted(p for p in resume_state if p and Path(p).is_file() and p not in best)
+        best = sorted(p for p in best if p and Path(p).is_file())
+        if self.slim_best:
+            for path in best:
                 drop_training_state(Path(path))
-        if not self.keep_last:
-            for path in sorted(p for p in resume_state if p and Path(p).is_file() and p not in best):
-                Path(path).unlink()
-                log.info("training finished: removed %s (resume state; callbacks.keep_after_fit.keep_last=true keeps it)", path)
+        if self.keep_last or not resume_state:
+            return
+        if not best:  # no validation ran: the resume state holds the only weights
+            log.warning("training finished without a best checkpoint (no validation ran?): keeping %s", ", ".join(resume_state))
+            return
+        for path in resume_state:
+            Path(path).unlink()
+            log.info("training finished: removed %s (resume state; callbacks.keep_after_fit.keep_last=true keeps it)", path)
