@@ -220,7 +220,7 @@ def plot(report: dict[str, Any], reward_chosen: torch.Tensor, reward_rejected: t
            ylabel="observed fraction that won",
            title=f"Reliability: {n_pairs} pairs, each in both orders (ECE {report['overall']['ece']:.3f})")
     ax.title.set_fontsize(9)
-    ax.legend(loc="upper left", fontsize=7)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=7)
     save(fig, "reliability")
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
