@@ -88,7 +88,7 @@ class TrainLog(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
-        if step == self._last_logged or step % self.every_n_steps or not trainer.is_global_zero:
+        if step == 0 or step == self._last_logged or step % self.every_n_steps or not trainer.is_global_zero:
             return  # with gradient accumulation several batches end on one step: log it once
         self._last_logged = step
         total = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
