@@ -46,6 +46,7 @@ from rmlab.evaluate import load_checkpoint, load_reward_model
 from rmlab.launch import short_user_errors
 from rmlab.model.backbone import load_tokenizer
 from rmlab.model.module import RewardModel
+from rmlab.preflight import check_export
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +266,7 @@ def check_tokenizer(folder: Path, pairs: list[dict], settings: dict) -> None:
 
 def export(cfg: DictConfig) -> dict:
     """Write the folder (checked against rmlab's rewards) and return its `rmlab` config entry."""
+    check_export(cfg.ckpt, cfg.remote_code)  # a pooling with no transformers head: refused before any weights load
     out = Path(cfg.out).expanduser()
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise FileExistsError(f"out={cfg.out!r} exists and is not empty; choose another folder or set overwrite=true")

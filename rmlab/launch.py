@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -71,6 +72,10 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
         raise ConfigError(f"resume={resume!r}; choose auto (continue from <run dir>/checkpoints/last.ckpt) or null, "
                           "or give ckpt_path=<file.ckpt>")
     last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file() and (run_dir / "summary.json").is_file():
+        raise ConfigError(f"resume=auto: the run in {run_dir} has finished (summary.json), and its last.ckpt was removed "
+                          "when training ended. Start a new run in another hydra.run.dir, or keep last.ckpt next time "
+                          "with callbacks.keep_after_fit.keep_last=true.")
     if not last.is_file():
         log.info("resume=auto: no %s yet, starting fresh", last)
         return None
@@ -149,6 +154,28 @@ def _one_line(error: Exception) -> str:
     return " ".join(f"{type(error).__name__}: {error}".split())[:500]
 
 
+def discard_unused_run_dir(log_handlers: list[logging.FileHandler]) -> bool:
+    """Remove the run dir of a single run that stopped before doing any work: one that holds nothing
+    but Hydra's .hydra/ files, the job log and empty dirs (e.g. checkpoints/, made by the writability
+    check). A sweep's job dirs stay (the sweep summary lists them as failed), and so does a dir with
+    anything else in it (an earlier run's files, a resume), or the one the command runs in."""
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    if hydra_cfg is None or hydra_cfg.mode != RunMode.RUN:
+        return False
+    run_dir = Path(hydra_cfg.runtime.output_dir).resolve()
+    logs = {Path(h.baseFilename).resolve() for h in log_handlers}
+    if run_dir == Path.cwd().resolve() or run_dir in Path.cwd().resolve().parents:
+        return False
+    for path in run_dir.rglob("*"):
+        if path.is_file() and path not in logs and path.parent != run_dir / ".hydra":
+            return False
+    for handler in log_handlers:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    shutil.rmtree(run_dir)
+    return True
+
+
 class UserInputError(CompactHydraException):
     """A ConfigError, DataError or missing file leaving a Hydra app: Hydra prints a CompactHydraException's message
     alone, without frames; HYDRA_FULL_ERROR=1 still shows the whole chain."""
@@ -181,7 +208,10 @@ def short_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig
                                     (type(error), error, error.__traceback__))
             for handler in files:
                 handler.handle(record)
-            where = f"the traceback is in {files[0].baseFilename}" if files else "HYDRA_FULL_ERROR=1 shows the traceback"
+            if files and discard_unused_run_dir(files):
+                where = "nothing was kept; HYDRA_FULL_ERROR=1 shows the traceback"
+            else:
+                where = f"the traceback is in {files[0].baseFilename}" if files else "HYDRA_FULL_ERROR=1 shows the traceback"
             raise UserInputError(f"{message}\n({where})") from error
 
     return run

@@ -1,22 +1,26 @@
-"""Checks before a training run spends time building anything: every config key binds to its
-constructor, the devices exist, the pooling suits the backbone, the run can write its outputs and
-the disk holds its checkpoints. Each failure is a ConfigError that says what to do."""
+"""Checks before a training run spends time building anything: every required value is set, every
+config key binds to its constructor, the data files exist, a hub backbone can be had, the devices
+exist, the pooling suits the backbone, the run can write its outputs and the disk holds its
+checkpoints; and before an export loads its checkpoint's weights, that the pooling can be exported.
+Each failure is a ConfigError or DataError that says what to do."""
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import logging
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import torch
 from hydra.utils import get_object
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from rmlab.errors import ConfigError
+from rmlab.errors import ConfigError, DataError
 from rmlab.model.backbone import apply_lora, is_causal_decoder, load_backbone, load_config
 from rmlab.model.pooling import ClsPooling
 
@@ -24,12 +28,118 @@ from rmlab.model.pooling import ClsPooling
 BOUND_WITHOUT_TARGET: dict[str, Callable] = {"model.backbone": load_backbone, "model.lora": apply_lora}
 
 
+log = logging.getLogger(__name__)
+
+# What to say for a required value (`???` in its config file) that the command did not set.
+REQUIRED_HINTS = {
+    "data.path": "data=local reads your pairs from a file: add data.path=<file> (JSONL, JSON, Parquet or CSV, "
+                 "gzipped too), e.g. python -m rmlab.train data=local data.path=pairs.jsonl",
+}
+# Fewer evaluation pairs than this get a warning: val/acc then moves in steps of 1/n, and its standard
+# error at 0.5 is 0.5/sqrt(n) (0.09 at 30 pairs).
+MIN_EVAL_PAIRS = 30
+
+
 def check_config(cfg: DictConfig, run_dir: Path) -> None:
     """Everything that can be checked from the config alone, before the data or the model is built."""
+    check_required(cfg)
     check_keys(cfg)
+    check_data_files(cfg.data)
+    check_backbone_source(cfg.model.backbone)
     check_devices(cfg.trainer)
     check_pooling(cfg.model)
     check_writable(output_dirs(cfg, run_dir))
+
+
+def check_required(cfg: DictConfig) -> None:
+    """Every `???` value is set on the command line (else OmegaConf stops deep inside instantiate)."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError("\n".join(f"{key} is not set: " + REQUIRED_HINTS.get(key, f"add {key}=<value> to the command")
+                                     for key in missing))
+
+
+def check_data_files(data: DictConfig) -> None:
+    """data.path, data.val_path and data.test_path name existing files (before the model loads and W&B starts)."""
+    for key in ("path", "val_path", "test_path"):
+        path = data.get(key)
+        if path is None or "://" in str(path):
+            continue
+        file = Path(str(path)).expanduser()
+        if not file.is_file():
+            raise DataError(f"data.{key}={str(path)!r}: no such file ({file.resolve()}). A relative path is read from "
+                            f"the directory you run in ({Path.cwd()}).")
+
+
+def check_backbone_source(backbone: Mapping) -> None:
+    """A hub id in model.backbone.name_or_path is either in the local Hugging Face cache or on a hub
+    that answers; else a ConfigError at once, instead of transformers' retries (about a minute) and
+    a bare hub error. Local dirs and `pkg:` paths are left to the loader."""
+    name = str(backbone["name_or_path"])
+    if name.startswith("pkg:") or Path(name).expanduser().exists() or name.count("/") > 1 or name.startswith((".", "/", "~")):
+        return
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    where = (f"model.backbone.name_or_path={name!r} is not a local folder, and as a Hugging Face hub id it is not in the "
+             f"local cache ({constants.HF_HUB_CACHE})")
+    revision = backbone.get("revision")
+    try:
+        if isinstance(try_to_load_from_cache(name, backbone.get("gguf_file") or "config.json", revision=revision), str):
+            return
+    except HFValidationError as error:
+        raise ConfigError(f"model.backbone.name_or_path={name!r} is neither a local folder nor a hub id ({error}). "
+                          "Check the path.") from error
+    advice = (f"Download it where there is network (`hf download {name}`) and copy the cache here, point "
+              "model.backbone.name_or_path at a local folder, or use a model that ships as a package: model=minilm or "
+              "model=smollm2_135m.")
+    offline = any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    if offline or constants.HF_HUB_OFFLINE:
+        raise ConfigError(f"{where}, and HF_HUB_OFFLINE is set, so it cannot be downloaded. {advice}")
+    try:
+        HfApi().model_info(name, revision=revision, timeout=10)
+    except GatedRepoError:
+        return  # the hub answered: from_pretrained says what it needs (a login, accepting the terms)
+    except RepositoryNotFoundError as error:
+        raise ConfigError(f"{where}, and the hub has no such model (or it is private: log in with `hf auth login`). "
+                          "Check the spelling.") from error
+    except Exception as error:  # no network, DNS, proxy, timeout: what from_pretrained would retry for a minute
+        raise ConfigError(f"{where}, and the hub cannot be reached ({type(error).__name__}: {error}). {advice}") from error
+
+
+def check_split_sizes(stats: Mapping[str, Mapping[str, int]]) -> None:
+    """Warn about a validation or test split too small to rank checkpoints or report on."""
+    for split in ("val", "test"):
+        n = stats.get(split, {}).get("pairs")
+        if n is not None and 0 < n < MIN_EVAL_PAIRS:
+            log.warning("the %s split has only %d pairs: %s/acc moves in steps of %.2f and its standard error is about "
+                        "%.2f, so %s. Give it more pairs (data.%s_fraction, data.%s_path).", split, n, split, 1 / n,
+                        0.5 / math.sqrt(n), "the best checkpoint is picked on noise" if split == "val" else
+                        "the test numbers are noise", split, split)
+
+
+def check_export(ckpt: str, remote_code: bool) -> None:
+    """Before rmlab.export loads the weights: a pooling that transformers has no head for (mean, cls)
+    needs remote_code=true. Reads only the config stored in the checkpoint (memory-mapped, nothing
+    built); the export's own check after loading still covers the rest (e.g. last pooling on an encoder)."""
+    file = Path(ckpt).expanduser()
+    if remote_code or not file.is_file():
+        return  # a missing file: load_checkpoint says so
+    stored = torch.load(file, map_location="cpu", weights_only=True, mmap=True).get("rmlab_config") or {}
+    target = str(((stored.get("model") or {}).get("pooling") or {}).get("_target_", ""))
+    pooling = {"rmlab.model.pooling.MeanPooling": "mean", "rmlab.model.pooling.ClsPooling": "cls"}.get(target)
+    if pooling is None:
+        return
+    backbone = dict(stored["model"]["backbone"], trust_remote_code=False)  # its config only; no code of its own runs
+    config = load_config(backbone)
+    name = type(config).__name__ if config is not None else backbone["name_or_path"]
+    why = {"mean": "transformers has no sequence-classification head that mean-pools",
+           "cls": "transformers' [CLS] heads add a tanh pooler layer (BertForSequenceClassification) and its decoder heads "
+                  "read the last token"}[pooling]
+    raise ConfigError(f"pooling={pooling} on {name}: {why}, so a plain transformers export would change the rewards. "
+                      "Set remote_code=true to write a small modeling file into the folder (loaded with "
+                      "AutoModelForSequenceClassification.from_pretrained(dir, trust_remote_code=True)), or train with "
+                      "pooling=last on a decoder.")
 
 
 def check_keys(cfg: DictConfig) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import re
 import statistics
 from pathlib import Path
@@ -54,9 +55,33 @@ def name_sweep_run(cfg: DictConfig) -> None:
             logger.name = hydra_cfg.job.override_dirname or f"job {hydra_cfg.job.num}"
 
 
+# A job is fine only with these in its summary.json as numbers (test/acc only when it was tested).
+REQUIRED = ("val/acc", "test/acc")
+
+
+def job_status(summary: dict | None) -> str:
+    """'ok'; 'failed' when the job wrote no summary.json (it stopped with an error: see its train.log);
+    'no metrics: <why>' when it finished but val/acc is missing, or val/acc or test/acc is null or NaN
+    (e.g. training ended before its first validation, so no score and no best checkpoint)."""
+    if summary is None:
+        return "failed"
+    problems = []
+    for key in REQUIRED:
+        value = summary.get(key)
+        if value is None and (key in summary or key == "val/acc"):
+            problems.append(f"{key} {'null' if key in summary else 'missing'}")
+        elif isinstance(value, (int, float)) and math.isnan(value):
+            problems.append(f"{key} NaN")
+    if not problems:
+        return "ok"
+    if "best_checkpoint" in summary and not summary["best_checkpoint"]:
+        problems.append("no checkpoint (no validation ran?)")
+    return "no metrics: " + ", ".join(problems)
+
+
 def read_jobs(sweep_dir: Path) -> list[dict]:
     """Every job under a sweep dir (a dir with .hydra/overrides.yaml), in job order: its overrides,
-    status ('ok' when it wrote summary.json, else 'failed') and summary."""
+    status (job_status) and summary."""
     jobs = []
     for overrides_file in sweep_dir.glob("**/.hydra/overrides.yaml"):
         job_dir = overrides_file.parent.parent
@@ -64,13 +89,14 @@ def read_jobs(sweep_dir: Path) -> list[dict]:
         summary_file = job_dir / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
         jobs.append({"job": job_dir.relative_to(sweep_dir).as_posix(), "overrides": overrides,
-                     "status": "ok" if summary is not None else "failed", "summary": summary or {}})
+                     "status": job_status(summary), "summary": summary or {}})
     return sorted(jobs, key=lambda job: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", job["job"])])
 
 
 def by_setting(jobs: list[dict], metrics: Sequence[str], over: Sequence[str] = ("seed",)) -> list[dict]:
     """Mean and sample std of each metric over the finished jobs of each setting (the jobs' overrides
-    except the keys in `over`), in order of first appearance; n counts finished jobs, failed the rest."""
+    except the keys in `over`), in order of first appearance; n counts the jobs with status 'ok', failed the
+    rest (no summary.json, or no metrics)."""
     groups: dict[tuple, list[dict]] = {}
     for job in jobs:
         setting = {k: v for k, v in job["overrides"].items() if k not in over}
@@ -115,8 +141,11 @@ def _markdown(sweep_dir: Path, jobs: list[dict], settings: list[dict], keys: lis
     common = [f"{k}={jobs[0]['overrides'][k]}" for k in keys if k not in swept]
     labels = [LABELS.get(m, m) for m in metrics]
     failed = sum(job["status"] != "ok" for job in jobs)
+    crashed = sum(job["status"] == "failed" for job in jobs)
+    notes = ([f"{crashed} wrote no summary.json (see their train.log)"] if crashed else []) + (
+        [f"{failed - crashed} finished without metrics (status says which)"] if failed > crashed else [])
     lines = [f"# Sweep {sweep_dir}", "", f"{len(jobs)} jobs: {len(jobs) - failed} ok, {failed} failed"
-             + (" (a failed job wrote no summary.json; see its train.log)." if failed else "."), ""]
+             + (f" ({'; '.join(notes)})." if notes else "."), ""]
     if common:
         lines += [f"Common overrides: `{' '.join(common)}`", ""]
     lines += ["## Jobs", "", *_markdown_table(

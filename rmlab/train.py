@@ -19,11 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmlab import strict_json
 from rmlab.config import CONFIG_DIR
+from rmlab.console import FILE_ONLY, end_summary, quiet_libraries
 from rmlab.hardware import cpu_bf16_speedup
 from rmlab.throughput import KEYS as THROUGHPUT_KEYS
 from rmlab.launch import (check_launch, check_shared_run_dir, resume_checkpoint, resumed_logger_settings, short_user_errors,
                           start_logger)
-from rmlab.preflight import check_config, check_disk_space
+from rmlab.preflight import check_config, check_disk_space, check_split_sizes
 from rmlab.sweep import name_sweep_run
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,8 @@ def train(cfg: DictConfig) -> dict:
         data_stats = {f"data/{split}/{k}": v for split, s in datamodule.stats.items() for k, v in s.items()}
         if trainer.is_global_zero:
             OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
-            log.info("data: %s", data_stats)
+            log.info("data: %s", data_stats, extra=FILE_ONLY)
+            check_split_sizes(datamodule.stats)
         if logger:
             logger.log_hyperparams(resolved)
             logger.log_metrics({k: float(v) for k, v in data_stats.items()}, step=0)
@@ -88,7 +90,8 @@ def train(cfg: DictConfig) -> dict:
         }
         summary.update({k: float(v) for k, v in trainer.callback_metrics.items() if k in THROUGHPUT_KEYS})
         if cfg.test_after_fit:
-            trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)  # the path: "best" is ambiguous with last.ckpt
+            # the path: "best" is ambiguous with last.ckpt; verbose=False: no 100-row table (end_summary says the few numbers)
+            trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
             summary.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
         summary.update(data_stats)
         summary.update({
@@ -99,7 +102,9 @@ def train(cfg: DictConfig) -> dict:
         })
         if trainer.is_global_zero:
             (run_dir / "summary.json").write_text(strict_json.dumps(summary, indent=2) + "\n")
-            log.info("summary: %s", strict_json.dumps(summary))
+            log.info("summary: %s", strict_json.dumps(summary), extra=FILE_ONLY)
+            for line in end_summary(summary, run_dir):
+                log.info(line)
         return summary
     finally:
         if isinstance(logger, WandbLogger):
@@ -109,6 +114,7 @@ def train(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 @short_user_errors  # a ConfigError/DataError prints its message, not a screen of frames
 def main(cfg: DictConfig) -> float:
+    quiet_libraries()  # warnings into train.log, no progress bars from datasets/transformers
     check_launch(cfg)
     check_shared_run_dir()
     return train(cfg)["val/acc"]

@@ -166,3 +166,13 @@ def test_rewrites_cut_off_by_max_length_are_left_out(tmp_path):
     kept, invisible = BiasDiagnostics._visible(dm, split, items)
     assert [i["pair_index"] for i in kept] == [0] and invisible == {"wrong_number": 1}
     assert kept[0]["input_ids"] != split[0]["chosen_input_ids"] and len(kept[0]["input_ids"]) == 24
+
+
+def test_plots_join_only_neighbouring_buckets_that_hold_enough_items():
+    from rmlab.diagnostics.report import SPARSE, _runs
+
+    assert SPARSE == 20
+    # (x, mean, n): a 599-response bucket must not be joined to a 1-response one, nor across it.
+    points = [(50, 0.7, 599), (150, 1.7, 86), (250, 4.4, 14), (350, 2.0, 40), (450, 2.5, 20), (550, 9.0, 1),
+              (650, float("nan"), 30)]
+    assert _runs(points) == [[(50, 0.7), (150, 1.7)], [(350, 2.0), (450, 2.5)]]

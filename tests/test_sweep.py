@@ -66,6 +66,34 @@ def test_summary_of_hand_made_jobs_lists_every_job_and_averages_over_seeds(tmp_p
         ("last", "2", "0", "0.5", repr(math.sqrt(0.125))), ("mean", "1", "1", "0.5", "")]
 
 
+def test_a_job_whose_summary_lacks_its_metrics_is_not_ok_and_says_why(tmp_path):
+    # As `-m pooling=last,mean trainer.max_steps=3` left them before a final validation existed: training
+    # ended before the first validation, so val/acc and test/acc are NaN (null in strict JSON) and no checkpoint.
+    (tmp_path / "0").mkdir()
+    _job(tmp_path, "0", ["pooling=last"], None)
+    (tmp_path / "0" / "summary.json").write_text('{"val/acc": NaN, "test/acc": NaN, "best_checkpoint": null}')
+    _job(tmp_path, "1", ["pooling=mean"], {"val/acc": None, "test/acc": None, "best_checkpoint": None})
+    _job(tmp_path, "2", ["pooling=cls"], {"train/steps": 3})  # no val/acc at all
+    _job(tmp_path, "3", ["pooling=last"], {"val/acc": 0.5})  # not tested (test_after_fit=false): fine
+    _job(tmp_path, "4", ["pooling=mean"], {"val/acc": 0.75, "test/acc": float("nan"), "best_checkpoint": "b.ckpt"})
+
+    assert [(job["job"], job["status"]) for job in read_jobs(tmp_path)] == [
+        ("0", "no metrics: val/acc NaN, test/acc NaN, no checkpoint (no validation ran?)"),
+        ("1", "no metrics: val/acc null, test/acc null, no checkpoint (no validation ran?)"),
+        ("2", "no metrics: val/acc missing"),
+        ("3", "ok"),
+        ("4", "no metrics: test/acc NaN")]
+    markdown = write_summary(tmp_path, ["val/acc", "test/acc"]).read_text()
+    assert "5 jobs: 1 ok, 4 failed (4 finished without metrics (status says which))." in markdown
+    assert "| 0 | last | no metrics: val/acc NaN, test/acc NaN, no checkpoint (no validation ran?) | nan | nan |" in markdown
+    assert "| 3 | last | ok | 0.500 |  |" in markdown
+    assert [(r["job"], r["status"]) for r in _csv(tmp_path / "sweep_summary.csv")][:2] == [
+        ("0", "no metrics: val/acc NaN, test/acc NaN, no checkpoint (no validation ran?)"),
+        ("1", "no metrics: val/acc null, test/acc null, no checkpoint (no validation ran?)")]
+    (last,) = [row for row in by_setting(read_jobs(tmp_path), ["val/acc"], over=()) if row["overrides"] == {"pooling": "last"}]
+    assert (last["n"], last["failed"], last["val/acc"]) == (1, 1, (0.5, None))  # the NaN job is not averaged in
+
+
 @pytest.mark.parametrize("trainer, refused", [
     ("accelerator=cpu devices=1", False),
     ("accelerator=cpu devices=auto", False),

@@ -160,9 +160,44 @@ def to_markdown(report: dict[str, Any], title: str = "Reward model bias report")
     return "\n".join(md)
 
 
+# A bucket or bin with fewer items than this is drawn hollow and grey, and never joined to its
+# neighbours by a line: its mean is too noisy to read as part of a trend.
+SPARSE = 20
+
+
+def _runs(points: list[tuple[float, float, int]]) -> list[list[tuple[float, float]]]:
+    """Consecutive (x, y) of the points with at least SPARSE items: the stretches a line may join."""
+    runs, current = [], []
+    for x, y, n in points:
+        if n >= SPARSE and y == y:
+            current.append((x, y))
+        elif current:
+            runs.append(current)
+            current = []
+    return runs + ([current] if current else [])
+
+
+def _trend(ax, points: list[tuple[float, float, int]], color: str, marker: str, label: str, offset: int = 6) -> None:
+    """Points with their counts: solid and joined where a bucket holds >= SPARSE items, hollow grey alone where not."""
+    for i, run in enumerate(_runs(points)):
+        ax.plot(*zip(*run), f"{marker}-", color=color, lw=1.5, ms=6, label=label if i == 0 else None)
+    sparse = [(x, y) for x, y, n in points if n < SPARSE and y == y]
+    if sparse:
+        ax.plot(*zip(*sparse), marker, color="grey", mfc="none", ms=6, ls="none",
+                label=f"{label}: fewer than {SPARSE} (not joined)")
+    for x, y, n in points:
+        if y == y:
+            ax.annotate(f"n={n}", (x, y), textcoords="offset points", xytext=(0, offset), ha="center", fontsize=7,
+                        color=color if n >= SPARSE else "grey")
+
+
 def plot(report: dict[str, Any], reward_chosen: torch.Tensor, reward_rejected: torch.Tensor,
          pairs: dict[str, Sequence], out_dir: Path) -> dict[str, Path]:
-    """reliability.png, rewards.png, length.png and (with probes) probes.png; returns name -> path."""
+    """reliability.png, rewards.png, length.png and (with probes) probes.png; returns name -> path.
+
+    Every plot has axis labels with units and a legend, shows how many items each point stands for,
+    and draws buckets or bins of fewer than SPARSE items hollow and unjoined (a bucket of 1 next
+    to one of 599 must not read as a trend)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,47 +208,70 @@ def plot(report: dict[str, Any], reward_chosen: torch.Tensor, reward_rejected: t
     def save(fig, name):
         fig.tight_layout()
         paths[name] = out_dir / f"{name}.png"
-        fig.savefig(paths[name], dpi=110)
+        fig.savefig(paths[name], dpi=110, bbox_inches="tight")  # legends below an axis stay in the picture
         plt.close(fig)
 
+    n_pairs = report["n"]
     bins = [b for b in report["calibration"]["reliability"] if b["n"]]
-    fig, ax = plt.subplots(figsize=(4.2, 4))
-    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
-    ax.plot([b["confidence"] for b in bins], [b["frequency"] for b in bins], "o-")
-    ax.set(xlabel="sigmoid(margin)", ylabel="observed frequency", title=f"Reliability (ECE {report['overall']['ece']:.3f})")
+    fig, ax = plt.subplots(figsize=(5, 4.4))
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
+    _trend(ax, [(b["confidence"], b["frequency"], b["n"]) for b in bins], "C0", "o", "model, per bin (n = responses)")
+    ax.set(xlim=(0, 1), ylim=(0, 1.08), xlabel="predicted P(this response wins) = sigmoid(reward margin)",
+           ylabel="observed fraction that won",
+           title=f"Reliability: {n_pairs} pairs, each in both orders (ECE {report['overall']['ece']:.3f})")
+    ax.title.set_fontsize(9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=7)
     save(fig, "reliability")
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    ax.hist([reward_chosen.numpy(), reward_rejected.numpy()], bins=40, label=["chosen", "rejected"], alpha=0.7, histtype="stepfilled")
-    ax.set(xlabel="reward", ylabel="responses", title="Reward distributions")
-    ax.legend()
+    ax.hist([reward_chosen.numpy(), reward_rejected.numpy()], bins=40, alpha=0.7, histtype="stepfilled",
+            label=[f"chosen ({len(reward_chosen)})", f"rejected ({len(reward_rejected)})"])
+    ax.set(xlabel="reward (the model's scalar score, unitless)", ylabel="responses per bin (count)",
+           title=f"Reward distributions, {n_pairs} pairs")
+    ax.legend(fontsize=8)
     save(fig, "rewards")
 
-    ln = report["length"]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    a1.scatter(pairs["chosen_response_tokens"], reward_chosen.numpy(), s=6, alpha=0.5, label="chosen")
-    a1.scatter(pairs["rejected_response_tokens"], reward_rejected.numpy(), s=6, alpha=0.5, label="rejected")
-    a1.set(xlabel="response tokens", ylabel="reward", title=f"Reward vs length (Spearman {ln['length_spearman']:.2f})")
-    a1.legend()
-    names = [b["bucket"] for b in ln["buckets"]]
-    a2.plot(names, [b["mean_reward"] for b in ln["buckets"]], "o-", label="mean reward")
-    a2.set(xlabel="response tokens", ylabel="mean reward", title="Per length bucket")
+    ln, width = report["length"], report["settings"]["bucket_width"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    a1.scatter(pairs["chosen_response_tokens"], reward_chosen.numpy(), s=6, alpha=0.5, label=f"chosen ({n_pairs})")
+    a1.scatter(pairs["rejected_response_tokens"], reward_rejected.numpy(), s=6, alpha=0.5, label=f"rejected ({n_pairs})")
+    a1.set(xlabel="response length (tokens)", ylabel="reward (unitless score)",
+           title=f"Reward vs length, every response (Spearman {ln['length_spearman']:.2f})")
+    a1.legend(fontsize=8)
+    # Buckets at their mid-point on a numeric axis: an empty bucket leaves a gap instead of vanishing.
+    mids = [int(b["bucket"].split("-")[0]) + width / 2 for b in ln["buckets"]]
+    _trend(a2, [(x, b["mean_reward"], b["responses"]) for x, b in zip(mids, ln["buckets"])], "C0", "o", "mean reward")
+    a2.set(xlabel=f"response length (tokens; {width}-token buckets)", ylabel="mean reward of the bucket's responses",
+           title="Per length bucket (n = responses; accuracy: n pairs)")
     a3 = a2.twinx()
-    a3.plot(names, [b["acc"] for b in ln["buckets"]], "s--", color="C2", label="pair accuracy")
-    a3.set_ylim(0, 1)
-    a3.set_ylabel("pair accuracy (by chosen length)")
-    a2.tick_params(axis="x", rotation=45)
+    _trend(a3, [(x, b["acc"], b["pairs"]) for x, b in zip(mids, ln["buckets"])], "C2", "s", "pair accuracy", offset=-12)
+    a3.set_ylim(-0.05, 1.1)
+    a3.set_ylabel("pair accuracy (fraction), by chosen's length")
+    handles = [h for ax in (a2, a3) for h in ax.get_legend_handles_labels()[0]]
+    labels = [label for ax in (a2, a3) for label in ax.get_legend_handles_labels()[1]]
+    a2.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=7)
+    a2.set_xlim(0, max(mids) + width / 2 if mids else width)
     save(fig, "length")
 
     if report["probes"]:
         names = list(report["probes"])
-        fig, ax = plt.subplots(figsize=(7, 3.6))
-        ax.bar(names, [report["probes"][n]["acc"] for n in names], color="C0", label="probe acc")
-        ax.plot(names, [report["probes"][n]["acc_before"] for n in names], "k_", ms=18, label="acc on the same pairs")
-        ax.axhline(0.5, color="grey", lw=1, ls="--")
-        ax.set(ylim=(0, 1), ylabel="prefers the better response", title="Adversarial probes")
-        ax.tick_params(axis="x", rotation=30)
-        ax.legend(loc="lower right", fontsize=8)
+        fig, ax = plt.subplots(figsize=(7.5, 4))
+        labels = [f"{n}\n(n={report['probes'][n]['n']})" for n in names]
+        few = [report["probes"][n]["n"] < SPARSE for n in names]
+        bars = ax.bar(labels, [report["probes"][n]["acc"] for n in names], color=["lightgrey" if f else "C0" for f in few],
+                      label="probe acc (after the rewrite)")
+        for bar, f in zip(bars, few):
+            if f:
+                bar.set_hatch("//")
+        if any(few):
+            ax.bar([labels[few.index(True)]], [0], color="lightgrey", hatch="//", label=f"fewer than {SPARSE} pairs: noisy")
+        ax.plot(labels, [report["probes"][n]["acc_before"] for n in names], "k_", ms=18,
+                label="acc on the same pairs, unrewritten")
+        ax.axhline(0.5, color="grey", lw=1, ls="--", label="chance (0.5)")
+        ax.set(ylim=(0, 1), ylabel="fraction of pairs preferring the better response",
+               title="Adversarial probes (n = rewritten pairs per probe)")
+        ax.tick_params(axis="x", labelsize=7)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=7)
         save(fig, "probes")
     return paths
 
