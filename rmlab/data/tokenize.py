@@ -33,6 +33,15 @@ def render(prompt: list[dict[str, str]], response: str, tokenizer, chat_template
     return "\n\n".join(turns) + "\n\nAssistant:", response
 
 
+def end_at_eos(response_text: str, tokenizer: PreTrainedTokenizerBase) -> str:
+    """The rendered response cut right after its last eos token (ChatML templates append "\\n" to
+    <|im_end|>): a reward is trained where a generated response ends, which is where a policy's
+    sampled ids and a consumer's chat template (rmlab.export) end. Unchanged without an eos token."""
+    eos = tokenizer.eos_token
+    end = response_text.rfind(eos) if eos else -1
+    return response_text if end < 0 else response_text[:end + len(eos)]
+
+
 def special_token_frame(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int], list[int]]:
     """The special tokens a tokenizer puts before, between and after a text pair.
 
@@ -72,6 +81,8 @@ def tokenize_pair(
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     prompt_text, chosen_text = render(pair["prompt"], pair["chosen"], tokenizer, chat_template)
     _, rejected_text = render(pair["prompt"], pair["rejected"], tokenizer, chat_template)
+    if chat_template:  # end at the end-of-turn token, as a generated response does
+        chosen_text, rejected_text = end_at_eos(chosen_text, tokenizer), end_at_eos(rejected_text, tokenizer)
     prompt_ids, chosen_ids, rejected_ids = encode(prompt_text), encode(chosen_text), encode(rejected_text)
     # Chat templates carry their own special tokens; plain text gets the model's `frame`
     # ([CLS] prompt [SEP] response [SEP] for BERT), from special_token_frame.
