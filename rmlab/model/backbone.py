@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from rmlab.checkpoint import umask_mode
 from rmlab.errors import ConfigError
 from rmlab.hardware import cache_root
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -62,6 +63,8 @@ def _dequantised_gguf(path: str, gguf_file: str) -> str:
     partial = cache.with_name(cache.name + f".tmp{os.getpid()}")
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
+    for file in partial.iterdir():  # safetensors writes owner-only; other users and jobs share this cache
+        umask_mode(file)
     try:
         partial.rename(cache)
     except OSError:  # another process (a DDP rank) finished first; its copy is identical
@@ -137,14 +140,16 @@ def load_backbone(
     attn_implementation: str | None = None,
     gradient_checkpointing: bool = False,
     pad_token: str | None = None,
+    keep_pooler: bool = False,
 ) -> PreTrainedModel:
     """The base transformer (AutoModel: hidden states out, no vocabulary projection). `pad_token` is
-    read by load_tokenizer (both take model.backbone); pad positions never reach a reward."""
+    read by load_tokenizer (both take model.backbone); pad positions never reach a reward.
+    keep_pooler: leave a BERT-style pooler in place (pooling=pooler takes it over)."""
     kwargs = {"trust_remote_code": trust_remote_code, "revision": revision}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModel.from_pretrained(local_source(name_or_path, gguf_file), **kwargs)
-    if getattr(model, "pooler", None) is not None:
+    if getattr(model, "pooler", None) is not None and not keep_pooler:
         # BERT-style poolers are never read (rmlab pools hidden states itself); left in place
         # they cost compute and leave DDP with parameters that get no gradient.
         model.pooler = None
