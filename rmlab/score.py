@@ -92,7 +92,8 @@ class Scorer:
                 raise ValueError(f"model_path={model_path!r} computes its reward (pooling={config['rmlab']['pooling']}) with "
                                  "the modeling file rmlab.export wrote into it; run with trust_remote_code=true to load it")
             self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code)
-            self.tokenizer, self.settings, self.exported = AutoTokenizer.from_pretrained(path), config["rmlab"], True
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            self.settings, self.exported = config["rmlab"], True
             # transformers' own heads number positions 0..L-1 even for left-padded rows; rmlab's come from the mask.
             self.positions_from_mask = "position_ids" in inspect.signature(self.model.forward).parameters
         else:
@@ -205,7 +206,7 @@ def score(cfg: DictConfig) -> dict:
                            fields["margin"]: chosen - rejected})
     write_rows(cfg.out, scored)
     summary = {"rows": len(rows), "sequences": len(sequences), "format": fmt, "truncated_prompt": len(truncated["prompt"]),
-               "truncated_response": len(truncated["response"]), "out": str(cfg.out)}
+               "truncated_response": len(truncated["response"]), "precision": cfg.precision, "out": str(cfg.out)}
     log.info("scored %s with %s: %s", path, cfg.model_path, summary)
     return summary
 
