@@ -169,12 +169,11 @@ reward = model(**tokenizer(text, return_tensors="pt")).logits[0, 0]
 - **Text**: the conversation rendered by this tokenizer's chat template, ending with the assistant
   response to score ({rendered}). `add_special_tokens` may be true or false: the tokenizer adds
   nothing to a single text; the template carries every special token.
-- **Where the reward is read**: {read_at}
-- **Generated ids** (PPO-style scoring of a policy's sampled tokens): prompt ids from the template
-  with `add_generation_prompt=True`, then the response ids {generated}.
+- **Where the reward is read**: {read_at}.
+- **Token ids** without the template: {generated}.
 - **Length**: rmlab trained on at most {max_length} tokens (`model_max_length`). Over-long inputs:
-  rmlab keeps the response and cuts the prompt from the left; {truncation}
-- **Padding**: {padding}
+  rmlab keeps the response and cuts the prompt from the left; {truncation}.
+- **Padding**: {padding}.
 - **Normalisation**: over the validation split the rewards have mean {mean:.4g} and std {std:.4g}
   (`mean` / `std` in config.json, where OpenRLHF's `--normalize_reward` reads them).
 - **transformers**: written with {written}; tested by rmlab's interop tests with {oldest} and {written}.
@@ -353,8 +352,9 @@ def model_card(folder: str, backbone: str, native: type | None, info: dict) -> s
         read_at="at [CLS], position 0 (pad on the right)" if native and info["pooling"] == "pooler" else
         f"{info['pooling']} pooling over the real tokens (the attention mask)" if not native else
         "at the last token that is not the pad token: the eos token that ends the response",
-        generated="ending at the eos token, as sampled (do not strip it)" if not encoder_frame else
-        "between the frame tokens: `tokenizer(prompt, response)` gives them",
+        generated="(PPO-style, a policy's sampled tokens) the prompt's ids from the template with "
+        "`add_generation_prompt=True`, then the response's ids ending at the eos token, as sampled (keep it)"
+        if not encoder_frame else "`tokenizer(prompt, response)` gives the same ids for a single-turn prompt",
         truncation="`tokenizer(prompt_text, response, truncation='only_first')` does the same (truncation_side is left)"
         if encoder_frame else "`tokenizer(text, truncation=True)` does the same whenever the response fits "
         "(truncation_side is left, model_max_length is set)",
@@ -410,8 +410,9 @@ def write_folder(folder: Path, model: RewardModel, tokenizer: PreTrainedTokenize
     tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
     tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
     # save_pretrained keeps only the settings the tokenizer was loaded with; these must travel.
+    # (model_input_names too: 4.x's generic class would add token_type_ids, which Llama's forward refuses.)
     tokenizer_config.update(truncation_side=tokenizer.truncation_side, padding_side=tokenizer.padding_side,
-                            model_max_length=tokenizer.model_max_length)
+                            model_max_length=tokenizer.model_max_length, model_input_names=list(tokenizer.model_input_names))
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n")
 
 
