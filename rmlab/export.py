@@ -73,7 +73,7 @@ REMOTE_CLASS = "RmlabRewardModel"
 REMOTE_CONFIG = "RmlabRewardConfig"
 REMOTE_MODEL_TYPE = "rmlab_reward"  # unknown to transformers: without trust_remote_code, loading fails
 NATIVE_POOLER = {"bert": "BertForSequenceClassification"}  # pooling=pooler: backbone model_type -> class
-OLDEST_TRANSFORMERS = "4.51.3"  # the oldest transformers the interop tests load exports with (RewardBench pins 4.51)
+OLDEST_TRANSFORMERS = "4.46.3"  # the oldest transformers rmlab supports; the interop tests load exports with it
 
 # Written into the folder by `remote_code=true`: it must run without rmlab installed, under transformers
 # 4.x and 5.x alike.
@@ -176,7 +176,8 @@ reward = model(**tokenizer(text, return_tensors="pt")).logits[0, 0]
 - **Padding**: {padding}.
 - **Normalisation**: over the validation split the rewards have mean {mean:.4g} and std {std:.4g}
   (`mean` / `std` in config.json, where OpenRLHF's `--normalize_reward` reads them).
-- **transformers**: written with {written}; tested by rmlab's interop tests with {oldest} and {written}.
+- **transformers**: written with {written}; rmlab's interop tests load such folders with {oldest}, 4.51.3
+  (RewardBench's pin) and {written}.
 """
 
 def rmlab_tokenizer(run_cfg: DictConfig) -> tuple[PreTrainedTokenizerBase, dict]:
@@ -410,9 +411,11 @@ def write_folder(folder: Path, model: RewardModel, tokenizer: PreTrainedTokenize
     tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
     tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
     # save_pretrained keeps only the settings the tokenizer was loaded with; these must travel.
-    # (model_input_names too: 4.x's generic class would add token_type_ids, which Llama's forward refuses.)
+    # (model_input_names too: 4.x's generic class would add token_type_ids, which Llama's forward refuses;
+    # and the chat template: transformers < 4.47 reads it only here, not from chat_template.jinja.)
     tokenizer_config.update(truncation_side=tokenizer.truncation_side, padding_side=tokenizer.padding_side,
-                            model_max_length=tokenizer.model_max_length, model_input_names=list(tokenizer.model_input_names))
+                            model_max_length=tokenizer.model_max_length, model_input_names=list(tokenizer.model_input_names),
+                            chat_template=tokenizer.chat_template)
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n")
 
 

@@ -1,7 +1,7 @@
 """Every export, loaded the way each consumer that knows nothing about rmlab loads it, gives rmlab's
 rewards or refuses to load: plain transformers, `pipeline("text-classification")`, TRL's GRPO reward
-step, a PPO-style scorer of generated ids, and the oldest transformers rmlab supports (4.51, which
-RewardBench pins). One export per route: decoder + last (native Llama), BERT encoder + pooler (native
+step, a PPO-style scorer of generated ids, and older transformers (4.46, the oldest rmlab supports;
+4.51, which RewardBench pins). One export per route: decoder + last (native Llama), BERT encoder + pooler (native
 BertForSequenceClassification), mean pooling with remote code (MiniLM, LoRA merged)."""
 
 import json
@@ -26,6 +26,7 @@ ROUTES = {"decoder": "smollm2", "encoder": "minilm", "remote": "minilm_lora"}
 LONG = [{"role": "user", "content": "Please read all of this carefully before you answer. " * 40}]  # over max_length=128
 CHATS = [p + [{"role": "assistant", "content": r}] for p, r in zip(PROMPTS, RESPONSES)]  # one multi-turn
 OVERLONG = LONG + [{"role": "assistant", "content": "Understood: the answer is 4."}]
+OLD_TRANSFORMERS = {OLDEST_TRANSFORMERS: "tokenizers<0.21", "4.51.3": "tokenizers<0.22"}  # with the tokenizers each needs
 
 
 @pytest.fixture(scope="module", params=list(ROUTES))
@@ -148,13 +149,13 @@ print("RESULT", json.dumps(out))  # after the line transformers' trust_remote_co
 """
 
 
-def oldest_transformers() -> Path:
-    """transformers 4.51 (with the tokenizers and hub it needs) installed once, beside this venv's torch,
-    under rmlab's cache (CI: .ci-cache); pip needs the package index the first time."""
-    target = cache_root() / f"transformers-{OLDEST_TRANSFORMERS}"
+def old_transformers(version: str) -> Path:
+    """That transformers (with the tokenizers and hub it needs) installed once, to run beside this
+    venv's torch, under rmlab's cache (CI: .ci-cache); pip needs the package index the first time."""
+    target = cache_root() / f"transformers-{version}"
     if not (target / "transformers").is_dir():
         partial = target.with_name(target.name + f".partial{os.getpid()}")
-        pins = [f"transformers=={OLDEST_TRANSFORMERS}", "tokenizers<0.22", "huggingface-hub<1.0"]
+        pins = [f"transformers=={version}", OLD_TRANSFORMERS[version], "huggingface-hub<1.0"]
         result = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(partial), *pins],
                                 capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
@@ -164,14 +165,15 @@ def oldest_transformers() -> Path:
     return target
 
 
-def test_oldest_supported_transformers(route):
+@pytest.mark.parametrize("version", list(OLD_TRANSFORMERS))
+def test_older_transformers(route, version):
     kind, ckpt, folder = route
-    env = {**os.environ, "PYTHONPATH": str(oldest_transformers())}
+    env = {**os.environ, "PYTHONPATH": str(old_transformers(version))}
     result = subprocess.run([sys.executable, "-c", OLD_SCRIPT, str(folder), str(int(kind == "remote")), json.dumps(CHATS)],
-                            env=env, capture_output=True, text=True, timeout=600)
+                            env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.rpartition("RESULT ")[2])
-    assert out["version"] == OLDEST_TRANSFORMERS
+    assert out["version"] == version
     assert out["without_trust"].startswith("refused") if kind == "remote" else out["without_trust"] == "loaded"
     want = expected(ckpt, CHATS)
     assert out["rewards"] == pytest.approx(want, abs=ATOL) and out["pipeline"] == pytest.approx(want, abs=ATOL)
