@@ -449,12 +449,23 @@ def check_tokenizer(folder: Path, pairs: list[dict], settings: dict, remote_code
                                        f"{add_special_tokens}) as other ids than rmlab trains on: {text[-200:]!r}")
 
 
+def check_sequence_end(checkpoint: dict, settings: dict, path: str) -> None:
+    """Refuse a chat-template checkpoint trained before its inputs ended at the eos token: it learned
+    its reward at the template's text after eos (ChatML: "\\n"), where consumers no longer score."""
+    if settings["chat_template"] and checkpoint.get("rmlab_sequence_end") != "eos":
+        raise ValueError(f"ckpt={path!r} was trained by an rmlab that read chat-template rewards after the eos token "
+                         "(e.g. at the newline after <|im_end|>), not at the eos token where generated responses end and "
+                         "where exports, evaluation and scoring now read them; its rewards there were never trained. "
+                         "Retrain it with this rmlab.")
+
+
 def export(cfg: DictConfig) -> dict:
     """Write the folder (checked against rmlab's rewards) and return its `rmlab` config entry."""
     out = Path(cfg.out).expanduser()
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise FileExistsError(f"out={cfg.out!r} exists and is not empty; choose another folder or set overwrite=true")
-    model, run_cfg = load_reward_model(load_checkpoint(cfg.ckpt, cfg.trust_remote_code))
+    checkpoint = load_checkpoint(cfg.ckpt, cfg.trust_remote_code)
+    model, run_cfg = load_reward_model(checkpoint)
     if hasattr(model.backbone, "merge_and_unload"):  # LoRA (peft): fold the adapters into the weights
         model.backbone = model.backbone.merge_and_unload()
     pooling = POOLINGS.get(run_cfg.model.pooling._target_)
@@ -468,6 +479,7 @@ def export(cfg: DictConfig) -> dict:
         raise ValueError(no_native_message(config, pooling))
 
     tokenizer, settings = rmlab_tokenizer(run_cfg)
+    check_sequence_end(checkpoint, settings, cfg.ckpt)
     pairs, rewards = validation_rewards(model, run_cfg, cfg.get("val_path"))
     sequences = [p["chosen_input_ids"] for p in pairs] + [p["rejected_input_ids"] for p in pairs]
     if native and pooling == "last" and needs_own_pad_token(tokenizer, sequences):

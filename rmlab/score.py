@@ -29,7 +29,7 @@ from rmlab.data.files import read_file_rows
 from rmlab.data.formats import FORMATS, PairFormatError, detect_format, to_pair
 from rmlab.errors import DataError
 from rmlab.evaluate import load_checkpoint, load_reward_model
-from rmlab.export import encoder, rmlab_tokenizer
+from rmlab.export import check_sequence_end, encoder, rmlab_tokenizer
 from rmlab.launch import short_user_errors
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,10 @@ class Scorer:
             # transformers' own heads number positions 0..L-1 even for left-padded rows; rmlab's come from the mask.
             self.positions_from_mask = "position_ids" in inspect.signature(self.model.forward).parameters
         else:
-            self.model, run_cfg = load_reward_model(load_checkpoint(model_path, trust_remote_code))
+            checkpoint = load_checkpoint(model_path, trust_remote_code)
+            self.model, run_cfg = load_reward_model(checkpoint)
             (self.tokenizer, self.settings), self.exported = rmlab_tokenizer(run_cfg), False
+            check_sequence_end(checkpoint, self.settings, model_path)
         self.device = torch.device(device)
         self.model.eval().to(self.device)
 

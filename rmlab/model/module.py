@@ -142,6 +142,7 @@ class RewardModel(L.LightningModule):
         checkpoint["rmlab_config"] = self.run_config
         checkpoint["rmlab_pairs_seen"] = self.pairs_seen
         checkpoint["rmlab_skipped_nonfinite"] = self.skipped_nonfinite
+        checkpoint["rmlab_sequence_end"] = "eos"  # chat-template inputs end at eos (rmlab.data.tokenize.end_at_eos)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Also reads checkpoints from before the head lost its bias (rmlab < 2026-11-21)."""
