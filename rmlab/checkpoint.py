@@ -28,6 +28,14 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def umask_mode(path: Path) -> None:
+    """Give a written file the mode a plain open() would (0644 under umask 022). safetensors >= 0.8
+    writes through an owner-only (0600) temp file, which other users and jobs then cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def fsync_dir(directory: Path) -> None:
     """Make a rename inside `directory` durable (a crash of the machine could otherwise undo it)."""
     fd = os.open(directory, os.O_RDONLY)

@@ -96,16 +96,18 @@ def evaluate(cfg: DictConfig) -> dict:
     data_cfg, split = data_config(run_cfg, cfg.get("data"), cfg.split)
     datamodule = instantiate(data_cfg)
 
-    precision = cfg.trainer.precision
-    if precision == "auto":
+    precision = str(cfg.trainer.precision)  # default 32-true: the rewards an fp32 consumer of the export gets
+    if precision == "auto":  # asked for speed: bf16 where this hardware runs it faster
         precision = best_precision(str(cfg.trainer.accelerator))
-    diagnostics = instantiate(cfg.diagnostics, report_title=f"Bias report: {cfg.ckpt} on {split} data")
+    log.info("evaluating in precision %s%s", precision, "" if precision in ("32-true", "32", "64-true") else
+             " (faster; rewards differ from the fp32 rewards of an export by rounding, so near-tie pairs can flip)")
+    diagnostics = instantiate(cfg.diagnostics, report_title=f"Bias report: {cfg.ckpt} on {split} data (precision {precision})")
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, precision=precision,
                         logger=logger, callbacks=[diagnostics], enable_checkpointing=False, default_root_dir=run_dir)
     try:
         if logger:
-            logger.log_hyperparams({"ckpt": str(cfg.ckpt), "split": split, "data": data_cfg, "model": run_cfg.model})
+            logger.log_hyperparams({"ckpt": str(cfg.ckpt), "split": split, "precision": precision, "data": data_cfg, "model": run_cfg.model})
         (trainer.test if split == "test" else trainer.validate)(model, datamodule=datamodule)
         return diagnostics.last_report  # its summary table and path are logged by the callback
     finally:

@@ -132,14 +132,22 @@ def check_export(ckpt: str, remote_code: bool) -> None:
         return
     backbone = dict(stored["model"]["backbone"], trust_remote_code=False)  # its config only; no code of its own runs
     config = load_config(backbone)
-    name = type(config).__name__ if config is not None else backbone["name_or_path"]
-    why = {"mean": "transformers has no sequence-classification head that mean-pools",
-           "cls": "transformers' [CLS] heads add a tanh pooler layer (BertForSequenceClassification) and its decoder heads "
-                  "read the last token"}[pooling]
-    raise ConfigError(f"pooling={pooling} on {name}: {why}, so a plain transformers export would change the rewards. "
-                      "Set remote_code=true to write a small modeling file into the folder (loaded with "
-                      "AutoModelForSequenceClassification.from_pretrained(dir, trust_remote_code=True)), or train with "
-                      "pooling=last on a decoder.")
+    raise ConfigError(no_native_message(type(config).__name__ if config is not None else backbone["name_or_path"], pooling))
+
+
+def no_native_message(name: str, pooling: str) -> str:
+    """Why a checkpoint of this pooling on this backbone config (class name) needs remote_code=true, and
+    how to export it anyway (rmlab.export, and check_export before it loads anything)."""
+    why = {
+        "mean": "transformers has no sequence-classification head that mean-pools",
+        "cls": "transformers' [CLS] heads add a tanh pooler layer (BertForSequenceClassification) and its decoder heads read the last token",
+        "last": f"transformers' head for {name} is not the generic decoder head (GenericForSequenceClassification) that the "
+                "export maps rmlab's last-token reward onto",
+    }[pooling]
+    return (f"pooling={pooling} on {name}: {why}, so a plain transformers export would change the rewards. "
+            "Set remote_code=true to write a small modeling file into the folder (loaded with "
+            "AutoModelForSequenceClassification.from_pretrained(dir, trust_remote_code=True)), or train with pooling=last "
+            "on a decoder or pooling=pooler on a BERT encoder, which export as transformers' own classes.")
 
 
 def check_keys(cfg: DictConfig) -> None:

@@ -29,7 +29,7 @@ from rmlab.data.files import read_file_rows
 from rmlab.data.formats import FORMATS, PairFormatError, detect_format, to_pair
 from rmlab.errors import DataError
 from rmlab.evaluate import load_checkpoint, load_reward_model
-from rmlab.export import encoder, rmlab_tokenizer
+from rmlab.export import check_sequence_end, encoder, rmlab_tokenizer
 from rmlab.launch import short_user_errors
 
 log = logging.getLogger(__name__)
@@ -92,12 +92,15 @@ class Scorer:
                 raise ValueError(f"model_path={model_path!r} computes its reward (pooling={config['rmlab']['pooling']}) with "
                                  "the modeling file rmlab.export wrote into it; run with trust_remote_code=true to load it")
             self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code)
-            self.tokenizer, self.settings, self.exported = AutoTokenizer.from_pretrained(path), config["rmlab"], True
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            self.settings, self.exported = config["rmlab"], True
             # transformers' own heads number positions 0..L-1 even for left-padded rows; rmlab's come from the mask.
             self.positions_from_mask = "position_ids" in inspect.signature(self.model.forward).parameters
         else:
-            self.model, run_cfg = load_reward_model(load_checkpoint(model_path, trust_remote_code))
+            checkpoint = load_checkpoint(model_path, trust_remote_code)
+            self.model, run_cfg = load_reward_model(checkpoint)
             (self.tokenizer, self.settings), self.exported = rmlab_tokenizer(run_cfg), False
+            check_sequence_end(checkpoint, self.settings, model_path)
         self.device = torch.device(device)
         self.model.eval().to(self.device)
 
@@ -205,7 +208,7 @@ def score(cfg: DictConfig) -> dict:
                            fields["margin"]: chosen - rejected})
     write_rows(cfg.out, scored)
     summary = {"rows": len(rows), "sequences": len(sequences), "format": fmt, "truncated_prompt": len(truncated["prompt"]),
-               "truncated_response": len(truncated["response"]), "out": str(cfg.out)}
+               "truncated_response": len(truncated["response"]), "precision": cfg.precision, "out": str(cfg.out)}
     log.info("scored %s with %s: %s", path, cfg.model_path, summary)
     return summary
 

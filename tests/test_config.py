@@ -20,7 +20,7 @@ PLUGIN_GROUPS = {"hparams_search": "hydra_plugins.hydra_optuna_sweeper"}  # not 
 
 def test_every_group_has_options():
     assert {"model", "pooling", "data", "trainer", "logger", "callbacks", "experiment"} <= set(GROUPS)
-    assert GROUPS["pooling"] == ["cls", "last", "mean"]
+    assert GROUPS["pooling"] == ["cls", "last", "mean", "pooler"]
     assert {"minilm", "smollm2_135m"} <= set(GROUPS["model"])
 
 
@@ -39,6 +39,8 @@ def test_option_composes_and_binds(group, option, tmp_path):
 
     # Cheap parts instantiate for real.
     pooling = instantiate(cfg.model.pooling)
+    if hasattr(pooling, "adopt"):  # pooling=pooler: RewardModel hands it the backbone's pooler
+        pooling.adopt(torch.nn.ModuleDict({"dense": torch.nn.Linear(4, 4)}), "a 4-wide backbone")
     hidden, mask = torch.randn(2, 3, 4), torch.tensor([[1, 1, 0], [1, 1, 1]])
     assert pooling(hidden, mask).shape == (2, 4)
     loss = instantiate(cfg.model.loss)

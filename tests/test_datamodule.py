@@ -88,9 +88,10 @@ def test_chat_messages_use_the_tokenizer_chat_template(tmp_path):
     path = write_jsonl(tmp_path / "chat.jsonl", [CHAT_ROW])
     dm = datamodule(path, tokenizer=SMOLLM2)
     assert dm.chat_template
-    expected = dm.tokenizer.apply_chat_template(CHAT_ROW["chosen"], tokenize=False)
-    assert dm.tokenizer.decode(dm.splits["train"][0]["chosen_input_ids"]) == expected
-    assert expected.rstrip().endswith("An apple.<|im_end|>")
+    rendered = dm.tokenizer.apply_chat_template(CHAT_ROW["chosen"], tokenize=False)
+    assert rendered.endswith("An apple.<|im_end|>\n")
+    # The sequence ends at <|im_end|>, where a generated response ends (tokenize.end_at_eos), not at the "\n" after it.
+    assert dm.tokenizer.decode(dm.splits["train"][0]["chosen_input_ids"]) == rendered.removesuffix("\n")
 
 
 def test_parquet_and_custom_column_names_and_margin(tmp_path):

@@ -334,7 +334,7 @@ def test_export_of_a_mean_pooled_checkpoint_without_remote_code_is_refused_befor
         "pooling=mean on BertConfig: transformers has no sequence-classification head that mean-pools, so a plain "
         "transformers export would change the rewards. Set remote_code=true to write a small modeling file into the "
         "folder (loaded with AutoModelForSequenceClassification.from_pretrained(dir, trust_remote_code=True)), or train "
-        "with pooling=last on a decoder.")
+        "with pooling=last on a decoder or pooling=pooler on a BERT encoder, which export as transformers' own classes.")
     assert not (tmp_path / "out").exists()
 
 

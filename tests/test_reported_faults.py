@@ -348,3 +348,18 @@ def test_the_nonfinite_error_leaves_the_cli_short_and_lands_in_the_log(tmp_path)
     assert str(raised.value) == ("NonFiniteError: non-finite loss (inf) or reward at global step 0; pairs: train row 11\n"
                                  f"(the traceback is in {tmp_path / 'train.log'})")
     assert "NonFiniteError: non-finite loss (inf)" in (tmp_path / "train.log").read_text()
+
+
+def test_an_encoder_export_template_writes_tool_calls_as_training_did():
+    """rmlab.export gives models trained without a template plain_chat_template: consumers that apply it
+    must get the ids training read, tool calls included."""
+    from rmlab.data.formats import template_messages
+    from rmlab.data.tokenize import plain_chat_template, special_token_frame
+
+    tokenizer = load_tokenizer(**MINILM)
+    tokenizer.chat_template = plain_chat_template(tokenizer, special_token_frame(tokenizer))
+    pair = to_pair(TOOLS_ROW, "chat", COLUMNS)
+    prompt, reply = render(pair["prompt"], pair["chosen"], tokenizer, chat_template=False)
+    text = tokenizer.apply_chat_template([*template_messages(pair["prompt"]), {"role": "assistant", "content": reply}],
+                                         tokenize=False)
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] == tokenizer(prompt, reply)["input_ids"]

@@ -77,7 +77,7 @@ def test_export_and_checkpoint_score_every_row_alike(smollm2, tmp_path):
         assert [list(r) for r in scored] == [[*row, "reward"] for row in ROWS], name  # every field, in order
         assert [{k: v for k, v in r.items() if k != "reward"} for r in scored] == ROWS, name
         assert summaries[name] == {"rows": 4, "sequences": 4, "format": "single", "truncated_prompt": 1,
-                                   "truncated_response": 0, "out": str(tmp_path / f"{name}.jsonl")}
+                                   "truncated_response": 0, "precision": "fp32", "out": str(tmp_path / f"{name}.jsonl")}
     expected = rmlab_rewards(ckpt, [[{"role": "user", "content": r["prompt"]}] if isinstance(r["prompt"], str) else r["prompt"]
                                     for r in ROWS], [r["response"] for r in ROWS])
     assert [r["reward"] for r in outputs["export"]] == pytest.approx(expected.tolist(), abs=ATOL)
@@ -89,7 +89,7 @@ def test_pairs_get_the_rewards_evaluation_computes(minilm, tmp_path):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
     out = tmp_path / "scored.jsonl.gz"
     env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
-    result = subprocess.run([sys.executable, "-m", "rmlab.score", f"model_path={folder}", "trust_remote_code=true",
+    result = subprocess.run([sys.executable, "-m", "rmlab.score", f"model_path={folder}",  # native: no remote code
                              f"data.path={pairs}", f"out={out}", f"hydra.run.dir={tmp_path / 'run'}"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -167,8 +167,12 @@ def test_a_bad_row_stops_with_file_line_and_problem(content, error, tmp_path):
     assert not (tmp_path / "out.jsonl").exists()
 
 
-def test_remote_code_exports_need_trust_remote_code(minilm, tmp_path):
-    _, folder = minilm
-    rows = write_jsonl(tmp_path / "rows.jsonl", ROWS[:1])
+def test_remote_code_exports_need_trust_remote_code(tmp_path_factory, tmp_path):
+    ckpt, folder = trained_checkpoint("minilm_lora", tmp_path_factory), exported_folder("minilm_lora", tmp_path_factory)
+    rows = write_jsonl(tmp_path / "rows.jsonl", ROWS)
     with pytest.raises(ValueError, match="with the modeling file rmlab.export wrote into it; run with trust_remote_code=true"):
         run_score([f"model_path={folder}", f"data.path={rows}", f"out={tmp_path / 'out.jsonl'}"])
+    run_score([f"model_path={folder}", "trust_remote_code=true", f"data.path={rows}", f"out={tmp_path / 'out.jsonl'}"])
+    expected = rmlab_rewards(ckpt, [[{"role": "user", "content": r["prompt"]}] if isinstance(r["prompt"], str) else r["prompt"]
+                                    for r in ROWS], [r["response"] for r in ROWS])
+    assert [r["reward"] for r in read_jsonl(tmp_path / "out.jsonl")] == pytest.approx(expected.tolist(), abs=ATOL)

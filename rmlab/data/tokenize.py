@@ -43,7 +43,8 @@ def _tool_calls(message: dict[str, Any]) -> list[tuple[str, str]]:
     for call in message.get("tool_calls") or []:
         function = call.get("function", call) if isinstance(call, dict) else {}
         arguments = function.get("arguments", "")
-        calls.append((str(function.get("name", "")), arguments if isinstance(arguments, str) else json.dumps(arguments)))
+        text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+        calls.append((str(function.get("name", "")), text))
     return calls
 
 
@@ -76,6 +77,32 @@ def render(prompt: list[dict[str, Any]], response: str, tokenizer, chat_template
     return "\n\n".join(_plain_turn(m) for m in messages) + "\n\nAssistant:", response
 
 
+def plain_chat_template(tokenizer: PreTrainedTokenizerBase, frame: tuple[list[int], list[int], list[int]]) -> str:
+    """A Jinja chat template that writes what render(..., chat_template=False) writes, in `frame`
+    (BERT: `[CLS] prompt [SEP] response [SEP]`): one user turn as its text, else `Role: text` turns
+    (tool calls as `[tool call: name(arguments)]` lines) and `Assistant:`. rmlab.export gives it to
+    models trained without a template, so consumers that apply a chat template get rmlab's inputs."""
+    before, between, after = (json.dumps("".join(tokenizer.convert_ids_to_tokens(ids))) for ids in frame)
+    roles = json.dumps(_PLAIN_ROLES)
+    turn = ("{%- set role = " + roles + ".get(m['role'], m['role']) -%}"
+            "{%- if m['role'] == 'tool' and m.get('name') -%}{%- set role = role ~ ' (' ~ m['name'] ~ ')' -%}{%- endif -%}"
+            "{{- (role ~ ': ' ~ (m['content'] or '')) | trim -}}"
+            "{%- for c in (m.get('tool_calls') or []) -%}{%- set f = c.get('function', c) -%}"
+            "{%- set args = f.get('arguments', '') -%}"
+            "{{- '\n[tool call: ' ~ f.get('name', '') ~ '(' ~ (args if args is string else args | tojson) ~ ')]' -}}"
+            "{%- endfor -%}")
+    return (
+        "{%- if messages[-1]['role'] == 'assistant' -%}{%- set prompt = messages[:-1] -%}"
+        "{%- else -%}{%- set prompt = messages -%}{%- endif -%}"
+        "{{- " + before + " -}}"
+        "{%- if prompt | length == 1 and prompt[0]['role'] == 'user' and not prompt[0].get('tool_calls') -%}"
+        "{{- prompt[0]['content'] -}}"
+        "{%- else -%}{%- for m in prompt -%}" + turn + "{{- '\n\n' -}}{%- endfor -%}{{- 'Assistant:' -}}{%- endif -%}"
+        "{{- " + between + " -}}"
+        "{%- if messages[-1]['role'] == 'assistant' -%}{{- messages[-1]['content'] ~ " + after + " -}}{%- endif -%}"
+    )
+
+
 def unrendered_tool_calls(prompt: list[dict[str, Any]], prompt_text: str) -> int:
     """Tool calls of the prompt whose function name the rendered prompt does not contain: a chat
     template that ignores `tool_calls` drops them (counted by the DataModule, never silently)."""
@@ -91,6 +118,15 @@ def check_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
     except Exception as error:  # jinja errors, or a template that drops the reply
         raise ConfigError(f"the tokenizer's chat template cannot be split into prompt and reply ({type(error).__name__}: "
                           f"{error}); train on plain text with data.chat_template=false") from None
+
+
+def end_at_eos(response_text: str, tokenizer: PreTrainedTokenizerBase) -> str:
+    """The rendered response cut right after its last eos token (ChatML templates append "\\n" to
+    <|im_end|>): a reward is trained where a generated response ends, which is where a policy's
+    sampled ids and a consumer's chat template (rmlab.export) end. Unchanged without an eos token."""
+    eos = tokenizer.eos_token
+    end = response_text.rfind(eos) if eos else -1
+    return response_text if end < 0 else response_text[:end + len(eos)]
 
 
 def special_token_frame(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int], list[int]]:
@@ -139,6 +175,8 @@ def tokenize_pair(
         shared = os.path.commonprefix([prompt_text, other_prompt])
         chosen_text, rejected_text = prompt_text[len(shared):] + chosen_text, other_prompt[len(shared):] + rejected_text
         prompt_text = shared
+    if chat_template:  # end at the end-of-turn token, as a generated response does
+        chosen_text, rejected_text = end_at_eos(chosen_text, tokenizer), end_at_eos(rejected_text, tokenizer)
     prompt_ids, chosen_ids, rejected_ids = encode(prompt_text), encode(chosen_text), encode(rejected_text)
     # Chat templates carry their own special tokens; plain text gets the model's `frame`
     # ([CLS] prompt [SEP] response [SEP] for BERT), from special_token_frame.

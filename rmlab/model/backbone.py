@@ -22,6 +22,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from rmlab.checkpoint import umask_mode
 from rmlab.errors import ConfigError
 from rmlab.hardware import cache_root
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -68,6 +69,8 @@ def _dequantised_gguf(path: str, gguf_file: str) -> str:
     partial = cache.with_name(cache.name + f".tmp{os.getpid()}")
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
+    for file in partial.iterdir():  # safetensors writes owner-only; other users and jobs share this cache
+        umask_mode(file)
     try:
         partial.rename(cache)
     except OSError:  # another process (a DDP rank) finished first; its copy is identical
@@ -163,12 +166,14 @@ def load_backbone(
     pad_token: str | None = None,
     random_init: bool = False,
     random_init_from: Mapping | None = None,
+    keep_pooler: bool = False,
 ) -> PreTrainedModel:
     """The base transformer (AutoModel: hidden states out, no vocabulary projection). `pad_token` is
     read by load_tokenizer (both take model.backbone); pad positions never reach a reward.
 
     random_init: the architecture with random weights (the module docstring says where its config
     and tokenizer come from). Raises ConfigError if that tokenizer has ids past the embedding table.
+    keep_pooler: leave a BERT-style pooler in place (pooling=pooler takes it over).
     """
     kwargs = {"trust_remote_code": trust_remote_code}
     if attn_implementation:
@@ -182,7 +187,7 @@ def load_backbone(
         model = AutoModel.from_config(config, **kwargs)
     else:
         model = AutoModel.from_pretrained(local_source(name_or_path, gguf_file), revision=revision, **kwargs)
-    if getattr(model, "pooler", None) is not None:
+    if getattr(model, "pooler", None) is not None and not keep_pooler:
         # BERT-style poolers are never read (rmlab pools hidden states itself); left in place
         # they cost compute and leave DDP with parameters that get no gradient.
         model.pooler = None

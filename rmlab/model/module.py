@@ -95,7 +95,11 @@ class RewardModel(L.LightningModule):
             raise ConfigError(f"model.on_nonfinite={on_nonfinite!r}; choose stop (raise, naming the step and the "
                               "pairs) or skip (skip that batch's update, counted in train/skipped_nonfinite)")
         self.save_hyperparameters({"backbone": backbone, "warmup_ratio": warmup_ratio, "weight_decay": weight_decay})
-        self.backbone = load_backbone(**backbone)
+        adopts_pooler = hasattr(pooling, "adopt")  # pooling=pooler: the backbone's pooler becomes the pooling's
+        self.backbone = load_backbone(**backbone, keep_pooler=adopts_pooler)
+        if adopts_pooler:
+            pooling.adopt(getattr(self.backbone, "pooler", None), backbone["name_or_path"])
+            self.backbone.pooler = None  # its weights now live (and train) in the pooling module
         self.backbone.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes
         # Models that build positions from arange (Llama, BERT) would shift left-padded rows.
         # (Read before a LoRA wrapper hides the signature behind **kwargs.)
@@ -134,6 +138,7 @@ class RewardModel(L.LightningModule):
         checkpoint["rmlab_config"] = self.run_config
         checkpoint["rmlab_pairs_seen"] = self.pairs_seen
         checkpoint["rmlab_skipped_nonfinite"] = self.skipped_nonfinite
+        checkpoint["rmlab_sequence_end"] = "eos"  # chat-template inputs end at eos (rmlab.data.tokenize.end_at_eos)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Also reads checkpoints from before the head lost its bias (rmlab < 2026-11-21)."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rmlab.errors import ConfigError
+
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position of the last real token of each row, for any padding side."""
@@ -52,3 +54,28 @@ class ClsPooling(nn.Module):
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         return hidden[rows, first_token_index(attention_mask)]
+
+
+class PoolerPooling(nn.Module):
+    """tanh(dense(hidden state of the first real token)): the head BERT's pooler computes.
+
+    With it the reward is exactly what transformers' BertForSequenceClassification computes (pooler,
+    then its classifier; rmlab's head has no bias, exported as 0), so rmlab.export writes an encoder
+    that plain transformers loads without remote code. The dense layer starts from the backbone's
+    pretrained pooler, which RewardModel hands over through `adopt`; backbones without one are refused.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.dense: nn.Linear | None = None
+
+    def adopt(self, pooler: nn.Module | None, backbone_name: str) -> None:
+        """Take over the backbone's pooler dense layer (BertPooler.dense: [hidden, hidden])."""
+        if not isinstance(getattr(pooler, "dense", None), nn.Linear):
+            raise ConfigError(f"pooling=pooler needs a backbone with a BERT-style pooler (a dense layer on [CLS]); "
+                              f"{backbone_name} has none. Use pooling=cls, mean or last")
+        self.dense = pooler.dense.train()  # from_pretrained left it in eval mode
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return torch.tanh(self.dense(hidden[rows, first_token_index(attention_mask)]))
