@@ -51,6 +51,7 @@ from transformers.modeling_layers import GenericForSequenceClassification
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
 from rmlab.checkpoint import umask_mode
+from rmlab import strict_json
 from rmlab.config import CONFIG_DIR
 from rmlab.data.collate import PairCollator
 from rmlab.data.tokenize import plain_chat_template, special_token_frame, tokenize_pair, use_chat_template
@@ -370,7 +371,7 @@ def write_folder(folder: Path, model: RewardModel, tokenizer: PreTrainedTokenize
         (folder / MODELING_FILE).write_text(MODELING_SOURCE.replace("SUPPORTS_SDPA", supports_sdpa))
     config.save_pretrained(folder)
     fields = config_fields(json.loads((folder / "config.json").read_text()), native, config.model_type, info)
-    (folder / "config.json").write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
+    (folder / "config.json").write_text(strict_json.dumps(fields, indent=2, sort_keys=True) + "\n")
     save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, folder / "model.safetensors",
               metadata={"format": "pt"})
     umask_mode(folder / "model.safetensors")
@@ -385,7 +386,7 @@ def write_folder(folder: Path, model: RewardModel, tokenizer: PreTrainedTokenize
     tokenizer_config.update(truncation_side=tokenizer.truncation_side, padding_side=tokenizer.padding_side,
                             model_max_length=tokenizer.model_max_length, model_input_names=list(tokenizer.model_input_names),
                             chat_template=tokenizer.chat_template)
-    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n")
+    (folder / "tokenizer_config.json").write_text(strict_json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n")
 
 
 @torch.no_grad()
@@ -480,7 +481,7 @@ def export(cfg: DictConfig) -> dict:
                            f"on {2 * n} validation responses; the folder is left at {partial} for inspection")
     config_file = json.loads((partial / "config.json").read_text())
     config_file["rmlab"] = info
-    (partial / "config.json").write_text(json.dumps(config_file, indent=2, sort_keys=True) + "\n")
+    (partial / "config.json").write_text(strict_json.dumps(config_file, indent=2, sort_keys=True) + "\n")
     backbone = OmegaConf.select(run_cfg, "model.backbone.name_or_path")
     (partial / "README.md").write_text(model_card(str(out), backbone, native, info))
     if out.exists():

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from rmlab import strict_json
 from rmlab.config import CONFIG_DIR
 from rmlab.data.collate import PairCollator
 from rmlab.data.files import read_file_rows
@@ -72,7 +73,7 @@ def to_item(row: Any, fmt: str, columns: dict) -> dict:
                        {"prompt": columns["prompt"], "chosen": "chosen", "rejected": "rejected"})
         return {"prompt": pair["prompt"], "responses": [response]}
     pair = to_pair(row, fmt, columns)
-    return {"prompt": pair["prompt"], "responses": [pair["chosen"], pair["rejected"]]}
+    return {"prompt": pair["prompt"], "responses": [pair["chosen"], pair["rejected"]], "reply_fields": pair.get("reply_fields")}
 
 
 class Scorer:
@@ -143,7 +144,7 @@ def write_rows(path: str, rows: list[dict]) -> None:
     file.parent.mkdir(parents=True, exist_ok=True)
     with (gzip.open if file.suffix == ".gz" else open)(file, "wt", encoding="utf-8") as handle:
         for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            handle.write(strict_json.dumps(row, ensure_ascii=False, default=str) + "\n")
 
 
 def read_items(path: str, fmt: str, columns: dict, fields: dict) -> tuple[list[tuple[str, Any]], list[dict], str]:
@@ -168,15 +169,30 @@ def read_items(path: str, fmt: str, columns: dict, fields: dict) -> tuple[list[t
 
 def tokenize_items(scorer: Scorer, rows: list[tuple[str, Any]], items: list[dict], path: str) -> tuple[list[list[int]], dict]:
     """Token ids of every response (a pair's chosen, then its rejected) and the locations of rows
-    truncated to max_length as in training: {"prompt": [...], "response": [...]}, also logged."""
+    truncated to max_length as in training: {"prompt": [...], "response": [...]}, also logged; with
+    the rows whose responses hold the unknown token, whose prompt tool calls the chat template left out,
+    or whose final reply had fields a pair cannot carry (as training counts them): logged, and
+    under "unknown_responses", "unrendered_tool_calls", "reply_fields_dropped"."""
     encode = encoder(scorer.tokenizer, scorer.settings)
-    sequences, truncated = [], {"prompt": [], "response": []}
+    sequences, truncated = [], {"prompt": [], "response": [], "unknown_responses": [], "unrendered_tool_calls": [],
+                                "reply_fields_dropped": []}
     for (location, _), item in zip(tqdm(rows, desc="tokenizing", unit="row"), items):
         encoded = encode(item["prompt"], *item["responses"])
         sequences += [encoded["chosen_input_ids"], encoded["rejected_input_ids"]][:len(item["responses"])]
         for part in ("prompt", "response"):
             if encoded[f"{part}_truncated"]:
                 truncated[part].append(location)
+        for count in ("unknown_responses", "unrendered_tool_calls"):
+            if encoded[count]:
+                truncated[count].append(location)
+        if item.get("reply_fields"):
+            truncated["reply_fields_dropped"].append(location)
+    for count, what in (("unknown_responses", f"responses contain the tokenizer's unknown token {scorer.tokenizer.unk_token!r} "
+                                              "(the model cannot read parts of them)"),
+                        ("unrendered_tool_calls", "prompts have tool calls that the chat template left out"),
+                        ("reply_fields_dropped", "final replies carry fields besides their text, which are not scored")):
+        if truncated[count]:
+            log.warning("%s: %d rows whose %s; first: %s", path, len(truncated[count]), what, truncated[count][0])
     if truncated["prompt"] or truncated["response"]:
         log.warning("%s: %d rows longer than max_length=%d, truncated as in training (kept): prompt cut from the left "
                     "in %d (first: %s), response cut at its end in %d (first: %s)", path,
@@ -208,7 +224,8 @@ def score(cfg: DictConfig) -> dict:
                            fields["margin"]: chosen - rejected})
     write_rows(cfg.out, scored)
     summary = {"rows": len(rows), "sequences": len(sequences), "format": fmt, "truncated_prompt": len(truncated["prompt"]),
-               "truncated_response": len(truncated["response"]), "precision": cfg.precision, "out": str(cfg.out)}
+               "truncated_response": len(truncated["response"]), "precision": cfg.precision, "out": str(cfg.out),
+               **{count: len(truncated[count]) for count in ("unknown_responses", "unrendered_tool_calls", "reply_fields_dropped")}}
     log.info("scored %s with %s: %s", path, cfg.model_path, summary)
     return summary
 

@@ -176,3 +176,22 @@ def test_remote_code_exports_need_trust_remote_code(tmp_path_factory, tmp_path):
     expected = rmlab_rewards(ckpt, [[{"role": "user", "content": r["prompt"]}] if isinstance(r["prompt"], str) else r["prompt"]
                                     for r in ROWS], [r["response"] for r in ROWS])
     assert [r["reward"] for r in read_jsonl(tmp_path / "out.jsonl")] == pytest.approx(expected.tolist(), abs=ATOL)
+
+
+def test_scoring_counts_what_the_model_cannot_read_and_writes_strict_json(minilm, tmp_path):
+    ckpt, _ = minilm
+    call = {"type": "function", "function": {"name": "lookup", "arguments": "{\"q\": \"tower\"}"}}
+    context = [{"role": "user", "content": "How tall is the tower?"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+               {"role": "tool", "name": "lookup", "content": "330"}]
+    rows = [{"chosen": [*context, {"role": "assistant", "content": "330 m."}],
+             "rejected": [*context, {"role": "assistant", "content": "1000 ft \U0001F44D", "tool_calls": [call]}]},
+            {"chosen": [*context[:1], {"role": "assistant", "content": "Tall."}],
+             "rejected": [*context[:1], {"role": "assistant", "content": "\U0001F44E"}]}]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8-sig")  # with a byte-order mark
+    out = tmp_path / "scored.jsonl"
+    summary = run_score([f"model_path={ckpt}", f"data.path={path}", f"out={out}"])
+    assert {k: summary[k] for k in ("rows", "unknown_responses", "unrendered_tool_calls", "reply_fields_dropped")} == {
+        "rows": 2, "unknown_responses": 2, "unrendered_tool_calls": 0, "reply_fields_dropped": 1}
+    scored = [json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in JSON")) for line in out.read_text().splitlines()]
+    assert [r["chosen"] for r in scored] == [r["chosen"] for r in rows]
