@@ -10,12 +10,12 @@ log = logging.getLogger(__name__)
 
 
 class ValidateFinalWeights(L.Callback):
-    """When the last training batch of a fit comes before any validation has run (e.g.
-    `trainer.max_steps=3` with 6 batches per epoch), ask Lightning to stop there: a stop request
-    makes it validate at that batch, so ModelCheckpoint writes a best checkpoint and val/acc exists.
+    """When trainer.max_steps ends training before any validation has run (e.g. `trainer.max_steps=3`
+    with 6 batches per epoch), ask Lightning to stop at that batch: a stop request makes it validate
+    there, so ModelCheckpoint writes a best checkpoint and val/acc exists.
 
     Lightning still skips validation in an epoch that `check_val_every_n_epoch` excludes; rmlab.train
-    then reports val/acc as null and names the setting.
+    then reports val/acc as null and says which settings to check.
     """
 
     def __init__(self) -> None:
@@ -29,11 +29,12 @@ class ValidateFinalWeights(L.Callback):
             self.validated = True
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
-        if self.validated or not trainer.enable_validation:
+        if self.validated or not trainer.enable_validation or not 0 < trainer.max_steps <= trainer.global_step:
             return
-        last_step = 0 < trainer.max_steps <= trainer.global_step
-        last_batch = (trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
-                      and batch_idx + 1 >= trainer.num_training_batches)
-        if last_step or last_batch:
-            log.info("training ends at step %d before any validation: validating the final weights", trainer.global_step)
-            trainer.should_stop = True
+        # Lightning validates at an epoch's end and every val_check_batch batches by itself.
+        every = trainer.val_check_batch
+        if batch_idx + 1 >= trainer.num_training_batches or (isinstance(every, int) and (batch_idx + 1) % every == 0):
+            return
+        log.info("training stops at step %d (trainer.max_steps) before any validation: validating the final weights",
+                 trainer.global_step)
+        trainer.should_stop = True

@@ -75,6 +75,12 @@ def check_backbone_source(backbone: Mapping) -> None:
     """A hub id in model.backbone.name_or_path is either in the local Hugging Face cache or on a hub
     that answers; else a ConfigError at once, instead of transformers' retries (about a minute) and
     a bare hub error. Local dirs and `pkg:` paths are left to the loader."""
+    if backbone.get("random_init"):  # model.backbone.random_init: maybe nothing of name_or_path is read
+        given = backbone.get("random_init_from") or {}
+        if given.get("tokenizer"):
+            check_backbone_source(given["tokenizer"])
+        if given.get("config") and given.get("tokenizer"):
+            return
     name = str(backbone["name_or_path"])
     if name.startswith("pkg:") or Path(name).expanduser().exists() or name.count("/") > 1 or name.startswith((".", "/", "~")):
         return

@@ -302,9 +302,9 @@ def test_a_prefilling_template_splits_at_the_rendered_conversation(tiny_llama):
     full = tokenizer.apply_chat_template([*TURNS, {"role": "assistant", "content": "Eight."}], tokenize=False)
     prompt, reply = render(pair["prompt"], pair["chosen"], tokenizer, chat_template=True)
     assert prompt + reply == full and reply == "Eight.<|im_end|>\n"
-    ids = tokenize_pair(pair, tokenizer, 512, chat_template=True)
-    assert ids["chosen_input_ids"] == tokenizer(full, add_special_tokens=False)["input_ids"]
-    assert ids["chosen_response_tokens"] == len(tokenizer("Eight.<|im_end|>\n", add_special_tokens=False)["input_ids"])
+    ids = tokenize_pair(pair, tokenizer, 512, chat_template=True)  # ends at the eos token, as a generated reply does
+    assert ids["chosen_input_ids"] == tokenizer(full.removesuffix("\n"), add_special_tokens=False)["input_ids"]
+    assert ids["chosen_response_tokens"] == len(tokenizer("Eight.<|im_end|>", add_special_tokens=False)["input_ids"])
 
 
 def test_a_template_that_cannot_be_split_stops_before_any_data_is_read(tiny_llama, tmp_path):

@@ -77,7 +77,8 @@ def test_export_and_checkpoint_score_every_row_alike(smollm2, tmp_path):
         assert [list(r) for r in scored] == [[*row, "reward"] for row in ROWS], name  # every field, in order
         assert [{k: v for k, v in r.items() if k != "reward"} for r in scored] == ROWS, name
         assert summaries[name] == {"rows": 4, "sequences": 4, "format": "single", "truncated_prompt": 1,
-                                   "truncated_response": 0, "precision": "fp32", "out": str(tmp_path / f"{name}.jsonl")}
+                                   "truncated_response": 0, "precision": "fp32", "out": str(tmp_path / f"{name}.jsonl"),
+                                   "unknown_responses": 0, "unrendered_tool_calls": 0, "reply_fields_dropped": 0}
     expected = rmlab_rewards(ckpt, [[{"role": "user", "content": r["prompt"]}] if isinstance(r["prompt"], str) else r["prompt"]
                                     for r in ROWS], [r["response"] for r in ROWS])
     assert [r["reward"] for r in outputs["export"]] == pytest.approx(expected.tolist(), abs=ATOL)

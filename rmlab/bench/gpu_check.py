@@ -121,9 +121,12 @@ def parameters(overrides: list[str]) -> int:
     """Parameters of the backbone these rmlab.train overrides build (built on the meta device: no memory)."""
     from rmlab.model.backbone import load_backbone
 
-    backbone = hydra.compose(config_name="train", overrides=overrides).model.backbone
+    from rmlab.model.backbone import load_tokenizer
+
+    backbone = OmegaConf.to_container(hydra.compose(config_name="train", overrides=overrides).model.backbone)
+    load_tokenizer(**backbone)  # outside the meta device: a GGUF tokenizer's first load dequantises weights into its cache
     with torch.device("meta"):
-        model = load_backbone(**{k: v for k, v in OmegaConf.to_container(backbone).items() if k != "pad_token"})
+        model = load_backbone(**{k: v for k, v in backbone.items() if k != "pad_token"})
     return sum(p.numel() for p in model.parameters())
 
 
@@ -141,7 +144,7 @@ def speed(cfg: DictConfig, step: DictConfig, out: Path, deadline: float) -> dict
          "data.source.n_test=8", f"trainer.max_steps={steps}", "trainer.max_epochs=1", "++trainer.limit_val_batches=0",
          "++trainer.enable_checkpointing=false", "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null",
          f"callbacks.throughput.warmup_steps={q.warmup_steps}", "test_after_fit=false"],
-        out / "train.log", deadline - time.time())
+        out / "console.log", deadline - time.time())
     summary = json.loads((out / "summary.json").read_text())
     return {"params": params, "steps": summary["train/steps"], "pairs_per_s": summary["train/pairs_per_s"],
             "tokens_per_s": summary["train/tokens_per_s"], "padding_fraction": summary["train/padding_fraction"],
@@ -169,7 +172,7 @@ def real(cfg: DictConfig, step: DictConfig, out: Path, deadline: float) -> dict:
     run(["rmlab.train", *train_overrides(cfg, list(step.overrides), out / "train"), f"data.batch_size={r.batch_size}",
          f"data.source.n_train={r.pairs.train}", f"data.source.n_val={r.pairs.val}", f"data.source.n_test={r.pairs.test}",
          "trainer.max_epochs=1", "callbacks.throughput.warmup_steps=1"],
-        out / "train.log", deadline - time.time())
+        out / "console.log", deadline - time.time())
     summary = json.loads((out / "train" / "summary.json").read_text())
     run(["rmlab.export", f"ckpt={summary['best_checkpoint']}", f"out={out / 'export'}", *step.get("export", []),
          f"hydra.run.dir={out / 'export-run'}"], out / "export.log", deadline - time.time())
@@ -276,6 +279,9 @@ def main(cfg: DictConfig) -> None:
         (out / "gpu_check.md").write_text(report(environment_info, records, cfg))
     print(report(environment_info, records, cfg))
     log.info("written to %s", out)
+    failed = [r["step"] for r in records if r["status"] == "error"]
+    if failed:  # every step ran and is recorded; the exit status says that some failed
+        raise SystemExit(f"gpu check: {len(failed)} step(s) failed: {', '.join(failed)} (see {out / 'gpu_check.md'})")
 
 
 if __name__ == "__main__":
