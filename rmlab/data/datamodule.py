@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import lightning as L
 import pyarrow.compute as pc
+from jinja2 import TemplateError
 from datasets import Dataset, concatenate_datasets
 import torch
 from lightning.pytorch.utilities import rank_zero_only
@@ -65,7 +66,7 @@ def _tokenize_row(pair: dict[str, Any], **settings: Any) -> dict[str, Any]:
     """tokenize_pair, with a row the chat template cannot render named by its file and line."""
     try:
         return tokenize_pair(pair, **settings)
-    except Exception as error:  # jinja's errors have several types
+    except (ValueError, TypeError, TemplateError) as error:  # what a chat template (jinja) raises on a row it cannot render
         raise DataError(f"{pair.get('origin', 'a row')}: cannot be tokenized ({type(error).__name__}: {error}). "
                         "If the chat template is at fault, data.chat_template=false renders chats as plain text") from None
 
@@ -311,10 +312,13 @@ class PreferenceDataModule(L.LightningDataModule):
         rows = pairs.select(same)
         augmented = rows["augment"] if "augment" in rows.column_names else [""] * len(rows)
         for row, made_here in zip(rows, augmented):
-            cut = f" once cut to data.max_length={self.max_length}" if row["response_truncated"] else ""
-            problem = (f"chosen and rejected become the same token ids{cut} (the tokenizer reads them alike: characters "
-                       "outside its vocabulary become its unknown token, some spacing is normalised away), so the pair "
-                       "cannot teach a preference")
+            if row["response_truncated"]:
+                problem = (f"chosen and rejected become the same token ids once cut to data.max_length={self.max_length} "
+                           "(they differ only after it), so the pair cannot teach a preference; raise data.max_length")
+            else:
+                problem = ("chosen and rejected become the same token ids (the tokenizer reads them alike: characters "
+                           "outside its vocabulary become its unknown token, some spacing is normalised away), so the pair "
+                           "cannot teach a preference")
             if not made_here:
                 _bad_row(self.on_bad_row, row["origin"], problem)
             fields = {k: row[k] for k in ("prompt", "chosen", "rejected")}
