@@ -53,7 +53,7 @@ def _plain_turn(message: dict[str, Any]) -> str:
     role = _PLAIN_ROLES.get(message["role"], message["role"])
     if message["role"] == "tool" and message.get("name"):
         role = f"{role} ({message['name']})"
-    lines = [f"{role}: {message['content']}".rstrip()]
+    lines = [f"{role}: {message['content']}" if message["content"] else f"{role}:"]  # a tool-call turn may have no text
     lines += [f"[tool call: {name}({arguments})]" for name, arguments in _tool_calls(message)]
     return "\n".join(lines)
 
@@ -86,7 +86,7 @@ def plain_chat_template(tokenizer: PreTrainedTokenizerBase, frame: tuple[list[in
     roles = json.dumps(_PLAIN_ROLES)
     turn = ("{%- set role = " + roles + ".get(m['role'], m['role']) -%}"
             "{%- if m['role'] == 'tool' and m.get('name') -%}{%- set role = role ~ ' (' ~ m['name'] ~ ')' -%}{%- endif -%}"
-            "{{- (role ~ ': ' ~ (m['content'] or '')) | trim -}}"
+            "{{- role ~ ':' ~ ((' ' ~ m['content']) if m['content'] else '') -}}"
             "{%- for c in (m.get('tool_calls') or []) -%}{%- set f = c.get('function', c) -%}"
             "{%- set args = f.get('arguments', '') -%}"
             "{{- '\n[tool call: ' ~ f.get('name', '') ~ '(' ~ (args if args is string else args | tojson) ~ ')]' -}}"
