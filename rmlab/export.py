@@ -58,18 +58,13 @@ from rmlab.data.tokenize import plain_chat_template, special_token_frame, tokeni
 from rmlab.evaluate import load_checkpoint, load_reward_model
 from rmlab.launch import short_user_errors
 from rmlab.model.backbone import load_tokenizer
+from rmlab.model.pooling import POOLINGS
 from rmlab.model.module import RewardModel
 from rmlab.errors import ConfigError
 from rmlab.preflight import check_export, no_native_message
 
 log = logging.getLogger(__name__)
 
-POOLINGS = {
-    "rmlab.model.pooling.LastTokenPooling": "last",
-    "rmlab.model.pooling.MeanPooling": "mean",
-    "rmlab.model.pooling.ClsPooling": "cls",
-    "rmlab.model.pooling.PoolerPooling": "pooler",
-}
 PAD_TOKEN = "<|pad|>"
 MODELING_FILE = "modeling_rmlab_reward.py"
 REMOTE_CLASS = "RmlabRewardModel"

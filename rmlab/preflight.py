@@ -22,7 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rmlab.errors import ConfigError, DataError
 from rmlab.model.backbone import apply_lora, is_causal_decoder, load_backbone, load_config
-from rmlab.model.pooling import ClsPooling
+from rmlab.model.pooling import POOLINGS, ClsPooling
 
 # Dicts without a _target_ that RewardModel unpacks into a function call: their keys bind there.
 BOUND_WITHOUT_TARGET: dict[str, Callable] = {"model.backbone": load_backbone, "model.lora": apply_lora}
@@ -133,8 +133,8 @@ def check_export(ckpt: str, remote_code: bool) -> None:
         return  # a missing file: load_checkpoint says so
     stored = torch.load(file, map_location="cpu", weights_only=True, mmap=True).get("rmlab_config") or {}
     target = str(((stored.get("model") or {}).get("pooling") or {}).get("_target_", ""))
-    pooling = {"rmlab.model.pooling.MeanPooling": "mean", "rmlab.model.pooling.ClsPooling": "cls"}.get(target)
-    if pooling is None:
+    pooling = POOLINGS.get(target)
+    if pooling not in ("mean", "cls"):
         return
     backbone = dict(stored["model"]["backbone"], trust_remote_code=False)  # its config only; no code of its own runs
     config = load_config(backbone)

@@ -168,38 +168,38 @@ def read_items(path: str, fmt: str, columns: dict, fields: dict) -> tuple[list[t
 
 
 def tokenize_items(scorer: Scorer, rows: list[tuple[str, Any]], items: list[dict], path: str) -> tuple[list[list[int]], dict]:
-    """Token ids of every response (a pair's chosen, then its rejected) and the locations of rows
-    truncated to max_length as in training: {"prompt": [...], "response": [...]}, also logged; with
+    """Token ids of every response (a pair's chosen, then its rejected) and the locations of flagged rows:
+    truncated to max_length as in training, {"prompt": [...], "response": [...]}, also logged; with
     the rows whose responses hold the unknown token, whose prompt tool calls the chat template left out,
     or whose final reply had fields a pair cannot carry (as training counts them): logged, and
     under "unknown_responses", "unrendered_tool_calls", "reply_fields_dropped"."""
     encode = encoder(scorer.tokenizer, scorer.settings)
-    sequences, truncated = [], {"prompt": [], "response": [], "unknown_responses": [], "unrendered_tool_calls": [],
+    sequences, flagged = [], {"prompt": [], "response": [], "unknown_responses": [], "unrendered_tool_calls": [],
                                 "reply_fields_dropped": []}
     for (location, _), item in zip(tqdm(rows, desc="tokenizing", unit="row"), items):
         encoded = encode(item["prompt"], *item["responses"])
         sequences += [encoded["chosen_input_ids"], encoded["rejected_input_ids"]][:len(item["responses"])]
         for part in ("prompt", "response"):
             if encoded[f"{part}_truncated"]:
-                truncated[part].append(location)
+                flagged[part].append(location)
         for count in ("unknown_responses", "unrendered_tool_calls"):
             if encoded[count]:
-                truncated[count].append(location)
+                flagged[count].append(location)
         if item.get("reply_fields"):
-            truncated["reply_fields_dropped"].append(location)
+            flagged["reply_fields_dropped"].append(location)
     for count, what in (("unknown_responses", f"responses contain the tokenizer's unknown token {scorer.tokenizer.unk_token!r} "
                                               "(the model cannot read parts of them)"),
                         ("unrendered_tool_calls", "prompts have tool calls that the chat template left out"),
                         ("reply_fields_dropped", "final replies carry fields besides their text, which are not scored")):
-        if truncated[count]:
-            log.warning("%s: %d rows whose %s; first: %s", path, len(truncated[count]), what, truncated[count][0])
-    if truncated["prompt"] or truncated["response"]:
+        if flagged[count]:
+            log.warning("%s: %d rows whose %s; first: %s", path, len(flagged[count]), what, flagged[count][0])
+    if flagged["prompt"] or flagged["response"]:
         log.warning("%s: %d rows longer than max_length=%d, truncated as in training (kept): prompt cut from the left "
                     "in %d (first: %s), response cut at its end in %d (first: %s)", path,
-                    len(set(truncated["prompt"] + truncated["response"])), scorer.settings["max_length"],
-                    len(truncated["prompt"]), ", ".join(truncated["prompt"][:5]) or "-",
-                    len(truncated["response"]), ", ".join(truncated["response"][:5]) or "-")
-    return sequences, truncated
+                    len(set(flagged["prompt"] + flagged["response"])), scorer.settings["max_length"],
+                    len(flagged["prompt"]), ", ".join(flagged["prompt"][:5]) or "-",
+                    len(flagged["response"]), ", ".join(flagged["response"][:5]) or "-")
+    return sequences, flagged
 
 
 def score(cfg: DictConfig) -> dict:
@@ -212,7 +212,7 @@ def score(cfg: DictConfig) -> dict:
 
     device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     scorer = Scorer(cfg.model_path, cfg.trust_remote_code, device)
-    sequences, truncated = tokenize_items(scorer, rows, items, path)
+    sequences, flagged = tokenize_items(scorer, rows, items, path)
     rewards = score_sequences(scorer, sequences, cfg.batch_size, cfg.sort_window, cfg.precision)
     scored = []
     for index, (_, row) in enumerate(rows):
@@ -223,9 +223,9 @@ def score(cfg: DictConfig) -> dict:
             scored.append({**row, fields["reward_chosen"]: chosen, fields["reward_rejected"]: rejected,
                            fields["margin"]: chosen - rejected})
     write_rows(cfg.out, scored)
-    summary = {"rows": len(rows), "sequences": len(sequences), "format": fmt, "truncated_prompt": len(truncated["prompt"]),
-               "truncated_response": len(truncated["response"]), "precision": cfg.precision, "out": str(cfg.out),
-               **{count: len(truncated[count]) for count in ("unknown_responses", "unrendered_tool_calls", "reply_fields_dropped")}}
+    summary = {"rows": len(rows), "sequences": len(sequences), "format": fmt, "truncated_prompt": len(flagged["prompt"]),
+               "truncated_response": len(flagged["response"]), "precision": cfg.precision, "out": str(cfg.out),
+               **{count: len(flagged[count]) for count in ("unknown_responses", "unrendered_tool_calls", "reply_fields_dropped")}}
     log.info("scored %s with %s: %s", path, cfg.model_path, summary)
     return summary
 

@@ -79,3 +79,12 @@ class PoolerPooling(nn.Module):
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         return torch.tanh(self.dense(hidden[rows, first_token_index(attention_mask)]))
+
+
+# The `_target_` of each pooling config (conf/pooling/*.yaml) and its short name (export, preflight).
+POOLINGS = {
+    "rmlab.model.pooling.LastTokenPooling": "last",
+    "rmlab.model.pooling.MeanPooling": "mean",
+    "rmlab.model.pooling.ClsPooling": "cls",
+    "rmlab.model.pooling.PoolerPooling": "pooler",
+}
