@@ -1,0 +1,113 @@
+"""Batches of response sets: one prompt and K >= 2 responses (a pair is the set K = 2).
+
+A set feature is {"input_ids": [K token lists, each prompt + response], "scores": [K floats], ...};
+K may differ between the sets of a batch (Kmax: the largest K in it).
+
+SetCollator (any backbone): the batch's N = sum of K responses become N padded rows, and
+`set_rows` [B, Kmax] says which row holds response k of set b (-1: the set has fewer responses).
+PackedSetCollator (causal decoders): each set becomes ONE row [prompt | r1 | ... | rK], so the
+prompt is computed once per set; `segments` marks the prompt (0) and response k (k + 1), and the
+positions of every response restart where the first one started. `packed_attention` in
+rmlab.data.collate already keeps each response to the prompt and itself for any number of them.
+For K = 2 both equal the pair collators' rows (tests/test_set_collate.py).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from rmlab.data.collate import PAD, PROMPT, PairCollator
+
+
+def pack_set(sequences: list[list[int]]) -> tuple[list[int], list[int], list[int]]:
+    """One row for a set of K >= 2 token sequences that share a prompt.
+
+    Returns (token ids, segments, position ids), each of length p + sum(len(s) - p): the part all
+    sequences share at their start (p tokens, capped so every response keeps one token of its own,
+    where its reward is read), then each sequence's rest. Segments: 0 for the shared part, k + 1 for
+    the rest of sequence k. Positions continue the shared part in every response, as if unpacked.
+    Raises ValueError for fewer than 2 sequences or an empty one.
+    """
+    if len(sequences) < 2 or not all(sequences):
+        raise ValueError(f"a set needs at least 2 non-empty sequences, got lengths {[len(s) for s in sequences]}")
+    shared = min(len(os.path.commonprefix(sequences)), min(len(s) for s in sequences) - 1)
+    ids, segments, positions = list(sequences[0][:shared]), [PROMPT] * shared, list(range(shared))
+    for k, sequence in enumerate(sequences):
+        ids += sequence[shared:]
+        segments += [k + 1] * (len(sequence) - shared)
+        positions += range(shared, len(sequence))
+    return ids, segments, positions
+
+
+def _set_extras(features: list[dict[str, Any]], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """scores [B, Kmax] float32 (0 where absent), response_mask [B, Kmax] bool, index [B] if given."""
+    k_max = max(len(f["input_ids"]) for f in features)
+    scores = torch.zeros(len(features), k_max)
+    mask = torch.zeros(len(features), k_max, dtype=torch.bool)
+    for b, feature in enumerate(features):
+        k = len(feature["input_ids"])
+        scores[b, :k] = torch.tensor([float(s) for s in feature["scores"]])
+        mask[b, :k] = True
+    batch["scores"], batch["response_mask"] = scores, mask
+    if "index" in features[0]:
+        batch["index"] = torch.tensor([int(f["index"]) for f in features])
+    return batch
+
+
+class SetCollator:
+    """Every response of the batch as its own padded row: input_ids and attention_mask [N, L],
+    set_rows [B, Kmax] (row of response k of set b, -1 where set b has fewer than k + 1)."""
+
+    def __init__(self, pad_token_id: int, padding_side: str = "right"):
+        self.rows = PairCollator(pad_token_id, padding_side)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        sequences = [s for f in features for s in f["input_ids"]]
+        batch = self.rows.pad(sequences)
+        k_max = max(len(f["input_ids"]) for f in features)
+        set_rows = torch.full((len(features), k_max), -1, dtype=torch.long)
+        start = 0
+        for b, feature in enumerate(features):
+            k = len(feature["input_ids"])
+            set_rows[b, :k] = torch.arange(start, start + k)
+            start += k
+        batch["set_rows"] = set_rows
+        return _set_extras(features, batch)
+
+
+class PackedSetCollator:
+    """[B, L] rows of packed sets (pack_set): input_ids, segments (PAD -1, prompt 0, response k:
+    k + 1), position_ids; with scores and response_mask [B, Kmax]."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        rows = [pack_set(f["input_ids"]) for f in features]
+        length = max(len(ids) for ids, _, _ in rows)
+        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        segments = torch.full((len(rows), length), PAD, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), length), dtype=torch.long)
+        for row, (ids, seg, pos) in enumerate(rows):
+            input_ids[row, :len(ids)] = torch.tensor(ids)
+            segments[row, :len(ids)] = torch.tensor(seg)
+            position_ids[row, :len(ids)] = torch.tensor(pos)
+        return _set_extras(features, {"input_ids": input_ids, "segments": segments, "position_ids": position_ids})
+
+
+def response_masks(segments: torch.Tensor, k_max: int) -> torch.Tensor:
+    """[B, Kmax, L] long: the positions of packed row b that make up response k's whole sequence
+    (shared prompt + its own tokens); what a pooling reads in place of an attention mask. A response
+    the set does not have gets the prompt only (its reward is masked out by response_mask)."""
+    shared = segments == PROMPT
+    return torch.stack([shared | (segments == k + 1) for k in range(k_max)], dim=1).long()
+
+
+def to_sets(rewards: torch.Tensor, set_rows: torch.Tensor) -> torch.Tensor:
+    """Rewards [N, ...] of SetCollator rows -> [B, Kmax, ...]; 0 where set_rows is -1."""
+    gathered = rewards[set_rows.clamp(min=0)]
+    absent = (set_rows < 0).view(*set_rows.shape, *([1] * (rewards.dim() - 1)))
+    return gathered.masked_fill(absent, 0)
