@@ -100,3 +100,55 @@ def overrated(proxy: Sets, gold: Sets, texts: Sequence[Sequence[str]], top: int 
         rows.append({"set": s, "response": k, "regret": float(max(g) - g[k]), "reward": float(p[k]),
                      "gold": float(g[k]), "best_gold": float(max(g)), "text": t[k]})
     return sorted(rows, key=lambda row: -row["regret"])[:top]
+
+
+def to_markdown(audit: dict, set_scores: Mapping[str, Mapping[str, float]], worst: Sequence[dict], title: str) -> str:
+    """The audit as a Markdown report: set metrics, the curves' table, each curve's summary, the over-rated picks."""
+    names = list(audit["curves"])
+    lines = [f"# {title}", "",
+             f"{audit['sets']} response sets with at least {audit['max_n']} responses "
+             f"({audit['sets_too_small']} smaller sets left out of the curves).", "",
+             "## Best-of-K on the whole sets", "", "| scorer | " + " | ".join(next(iter(set_scores.values()))) + " |",
+             "|---|" + "---|" * len(next(iter(set_scores.values())))]
+    lines += [f"| {name} | " + " | ".join(f"{v:.4g}" for v in row.values()) + " |" for name, row in set_scores.items()]
+    lines += ["", "## Best-of-N: expected gold score of the pick", "",
+              "| N | KL (nats) | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for i, (n, kl) in enumerate(zip(audit["ns"], audit["kl"])):
+        lines.append(f"| {n} | {kl:.3f} | " + " | ".join(f"{audit['curves'][name][i]:.4f}" for name in names) + " |")
+    lines += ["", "| curve | peak N | gold at peak | gold at max N | gap to gold at max N | alpha | beta | turns down |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, s in audit["summary"].items():
+        lines.append(f"| {name} | {s['peak_n']} | {s['peak_gold']:.4f} | {s['gold_at_max_n']:.4f} | "
+                     f"{s['gap_to_gold_at_max_n']:.4f} | {s['alpha']:.4f} | {s['beta']:.4f} | {'**yes**' if s['turns_down'] else 'no'} |")
+    lines += ["", "## The top picks that cost the most gold", "", "| set | reward | gold | best gold | response |",
+              "|---|---|---|---|---|"]
+    for row in worst:
+        text = " ".join(row["text"].split())
+        text = text if len(text) <= 160 else text[:157] + "..."
+        lines.append(f"| {row['set']} | {row['reward']:.4g} | {row['gold']:.4g} | {row['best_gold']:.4g} | "
+                     f"{text.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(audit: dict, path: str, title: str) -> None:
+    """PNG of the curves: expected gold score of the pick against the best-of-N KL (nats), N on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"gold": ("k", "-"), "longest": ("tab:orange", "--"), "random": ("grey", ":")}
+    for name, curve in audit["curves"].items():
+        color, line = styles.get(name, (None, "-"))
+        ax.plot(audit["kl"], curve, marker="o", color=color, linestyle=line, label=name)
+    ax.set_xlabel("KL of best-of-N (nats): log N - (N - 1) / N")
+    ax.set_ylabel("expected gold score of the pick")
+    top = ax.secondary_xaxis("top")
+    top.set_xticks(audit["kl"], [str(n) for n in audit["ns"]])
+    top.set_xlabel("N")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

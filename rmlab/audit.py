@@ -1,0 +1,193 @@
+"""Will RL exploit this reward model? `python -m rmlab.audit ckpt=<ckpt | export> data.path=<response sets>`.
+
+Scores every response of every set (a prompt and K responses with gold scores) with the reward model,
+or with each model of an ensemble (`ckpt=[a,b,c]`, combined by each of `ensemble.aggregations`), and
+writes into the run dir:
+- the best-of-N audit (rmlab.diagnostics.bon): for N = 1, 2, 4, ... the expected gold score of the
+  response the proxy ranks first among N drawn from a set, exact over all subsets, beside the gold,
+  pick-the-longest and random curves; where each curve peaks, its gap to gold, Gao et al.'s fit
+  (arXiv 2210.10760), and the top picks that cost the most gold;
+- best-of-K metrics on the whole sets (rmlab.diagnostics.sets): RewardBench 2 accuracy, Kendall tau,
+  Spearman, regret, and how often the top pick is the longest response;
+report.json, report.md, bon.png, rewards.jsonl, summary.json, and the same to W&B (offline by default).
+Gold: the data's scores (`gold=data`: the synthetic generator's grade, AlpacaEval's judged win
+probability) or a stronger reward model (`gold=<ckpt | export>`, Gao et al.'s synthetic setup).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from scipy import stats
+
+from rmlab import strict_json
+from rmlab.config import CONFIG_DIR
+from rmlab.data.files import read_file_rows
+from rmlab.data.formats import PairFormatError
+from rmlab.data.response_sets import to_response_set
+from rmlab.diagnostics import bon
+from rmlab.diagnostics.sets import longest_pick_rates, random_baseline, set_metrics
+from rmlab.errors import DataError
+from rmlab.export import encoder
+from rmlab.launch import short_user_errors
+from rmlab.model.ensemble import aggregate
+from rmlab.score import Scorer, score_sequences, write_rows
+
+log = logging.getLogger(__name__)
+
+
+def read_sets(path: str, columns: dict, score_key: str | None, score_weights: dict | None,
+              on_bad_row: str) -> tuple[list[dict], list[dict]]:
+    """The response sets of a file, and the rows skipped (on_bad_row=skip: location and problem).
+    Raises DataError naming the file, line and problem for a bad row with on_bad_row=error."""
+    if on_bad_row not in ("error", "skip"):
+        raise ValueError(f"data.on_bad_row={on_bad_row!r}; choose error or skip")
+    sets, skipped = [], []
+    for row in read_file_rows(path):
+        try:
+            if row.problem:
+                raise PairFormatError(row.problem)
+            sets.append({**to_response_set(row.data, columns, score_key, score_weights), "origin": f"{path} {row.location}"})
+        except PairFormatError as err:
+            if on_bad_row == "error":
+                raise DataError(f"{path} {row.location}: {err} (data.on_bad_row=skip skips such rows, counted)") from None
+            skipped.append({"origin": f"{path} {row.location}", "problem": str(err)})
+    if skipped:
+        log.warning("%s: skipped %d bad rows (data.on_bad_row=skip); first: %s: %s", path, len(skipped),
+                    skipped[0]["origin"], skipped[0]["problem"])
+    if not sets:
+        raise DataError(f"{path}: no response sets")
+    return sets, skipped
+
+
+def score_sets(model_path: str, sets: list[dict], cfg: DictConfig) -> list[list[float]]:
+    """The reward of every response of every set ([set][response]) by one model (checkpoint or export)."""
+    device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    scorer = Scorer(model_path, cfg.trust_remote_code, device)
+    encode = encoder(scorer.tokenizer, scorer.settings)
+    sequences = [encode(s["prompt"], response)["chosen_input_ids"] for s in sets for response in s["responses"]]
+    flat = iter(score_sequences(scorer, sequences, cfg.batch_size, cfg.sort_window, cfg.precision))
+    return [[next(flat) for _ in s["responses"]] for s in sets]
+
+
+def ensemble_proxies(members: list[list[list[float]]], aggregations: list[str], coef: float) -> dict[str, list]:
+    """{member_i: rewards} and, for two or more members, one aggregated proxy per aggregation
+    (rmlab.model.ensemble.aggregate), each [set][response]."""
+    if len(members) == 1:
+        return {"proxy": members[0]}
+    proxies = {f"member_{i + 1}": rewards for i, rewards in enumerate(members)}
+    for how in aggregations:
+        proxies[how] = [aggregate(torch.tensor([m[s] for m in members]), how, coef).tolist() for s in range(len(members[0]))]
+    return proxies
+
+
+def uncertainty(members: list[list[list[float]]], gold: list[list[float]]) -> dict[str, float]:
+    """The ensemble's per-response std across members (population), its mean, and its Spearman
+    correlation with the error |z(mean reward) - z(gold)| (both z-scored within the set; sets
+    where either is constant left out)."""
+    stds, errors = [], []
+    for s, g in enumerate(gold):
+        rewards = np.array([m[s] for m in members])
+        mean, g = rewards.mean(axis=0), np.asarray(g, dtype=float)
+        if mean.std() == 0 or g.std() == 0:
+            continue
+        stds += rewards.std(axis=0).tolist()
+        errors += np.abs((mean - mean.mean()) / mean.std() - (g - g.mean()) / g.std()).tolist()
+    return {"mean_std": float(np.mean(stds)) if stds else float("nan"),
+            "std_error_spearman": float(stats.spearmanr(stds, errors).statistic) if len(stds) > 2 else float("nan")}
+
+
+def audit(cfg: DictConfig) -> dict[str, Any]:
+    """Run the audit of cfg.ckpt on cfg.data.path; write the reports into the run dir; return report.json's content."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    columns = OmegaConf.to_container(cfg.data.columns)
+    weights = OmegaConf.to_container(cfg.data.score_weights) if cfg.data.score_weights else None
+    sets, skipped = read_sets(cfg.data.path, columns, cfg.data.score_key, weights, cfg.data.on_bad_row)
+    checkpoints = [cfg.ckpt] if isinstance(cfg.ckpt, str) else list(cfg.ckpt)
+    members = [score_sets(path, sets, cfg) for path in checkpoints]
+    gold = [s["scores"] for s in sets] if cfg.gold == "data" else score_sets(cfg.gold, sets, cfg)
+    lengths = [[len(r) for r in s["responses"]] for s in sets]  # characters
+    proxies = ensemble_proxies(members, list(cfg.ensemble.aggregations), cfg.ensemble.uncertainty_coef)
+
+    curves = bon.bon_audit(proxies, gold, lengths, cfg.bon.max_n, cfg.bon.drop_tolerance)
+    main_proxy = "proxy" if "proxy" in proxies else "mean"
+    report = {
+        "ckpt": checkpoints, "gold": cfg.gold, "data": cfg.data.path, "sets": len(sets), "skipped_rows": len(skipped),
+        "responses": sum(len(s["responses"]) for s in sets), "best_of_n": curves,
+        "set_metrics": {**{name: set_metrics(p, gold) for name, p in proxies.items()},
+                        "longest": set_metrics(lengths, gold), "random": random_baseline(gold)},
+        "longest_pick": {name: longest_pick_rates(p, gold, lengths) for name, p in proxies.items()},
+        "overrated": bon.overrated(proxies[main_proxy], gold, [s["responses"] for s in sets], cfg.bon.overrated),
+    }
+    if len(members) > 1:
+        report["uncertainty"] = uncertainty(members, gold)
+    for row in report["overrated"]:
+        row["origin"] = sets[row["set"]]["origin"]
+    title = f"Best-of-N audit: {', '.join(checkpoints)} on {cfg.data.path} (gold: {cfg.gold})"
+    write(run_dir, report, sets, proxies, gold, title)
+    log_wandb(cfg, report, title)
+    return report
+
+
+def summary_keys(report: dict) -> dict[str, float]:
+    """Flat summary.json / W&B summary keys: bon/<curve>/<field>, sets/<scorer>/<metric>, uncertainty/<field>."""
+    out = {"bon/max_n": report["best_of_n"]["max_n"], "bon/sets": report["best_of_n"]["sets"]}
+    for name, summary in report["best_of_n"]["summary"].items():
+        out.update({f"bon/{name}/{key}": float(value) for key, value in summary.items()})
+    for name, metrics in report["set_metrics"].items():
+        out.update({f"sets/{name}/{key}": float(value) for key, value in metrics.items()})
+    for name, rates in report["longest_pick"].items():
+        out.update({f"sets/{name}/{key}": value for key, value in rates.items()})
+    out.update({f"uncertainty/{key}": value for key, value in report.get("uncertainty", {}).items()})
+    return out
+
+
+def write(run_dir: Path, report: dict, sets: list[dict], proxies: dict, gold: list, title: str) -> None:
+    """report.json, report.md, bon.png, summary.json and rewards.jsonl (every response's rewards and gold)."""
+    (run_dir / "report.json").write_text(strict_json.dumps(report, indent=2))
+    (run_dir / "summary.json").write_text(strict_json.dumps(summary_keys(report), indent=2))
+    table = {**report["set_metrics"]}
+    table["random"] = {key: table["random"].get(key, float("nan")) for key in table["longest"]}
+    (run_dir / "report.md").write_text(bon.to_markdown(report["best_of_n"], table, report["overrated"], title))
+    bon.plot(report["best_of_n"], str(run_dir / "bon.png"), title)
+    write_rows(str(run_dir / "rewards.jsonl"), [
+        {"origin": s["origin"], "gold": gold[i], **{name: p[i] for name, p in proxies.items()}} for i, s in enumerate(sets)])
+    log.info("best-of-N audit of %d sets: %s; report: %s", report["sets"], {
+        name: f"peak at N={s['peak_n']}, gap to gold {s['gap_to_gold_at_max_n']:.3f}" + (" (TURNS DOWN)" if s["turns_down"] else "")
+        for name, s in report["best_of_n"]["summary"].items()}, run_dir / "report.md")
+
+
+def log_wandb(cfg: DictConfig, report: dict, title: str) -> None:
+    """The curves as a W&B line plot, the over-rated picks as a table, the summary keys (logger: wandb, offline by default)."""
+    if not cfg.get("logger"):
+        return
+    import wandb
+
+    run = instantiate(cfg.logger).experiment
+    try:
+        curves = report["best_of_n"]
+        run.log({"bon/curves": wandb.plot.line_series(xs=curves["kl"], ys=list(curves["curves"].values()),
+                                                      keys=list(curves["curves"]), title=title, xname="best-of-N KL (nats)"),
+                 "bon/overrated": wandb.Table(columns=list(report["overrated"][0]),
+                                              data=[list(row.values()) for row in report["overrated"]])})
+        run.summary.update(summary_keys(report))
+    finally:
+        wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="audit")
+@short_user_errors  # a ConfigError/DataError prints its message, not a screen of frames
+def main(cfg: DictConfig) -> None:
+    audit(cfg)
+
+
+if __name__ == "__main__":
+    main()
