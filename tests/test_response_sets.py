@@ -9,7 +9,7 @@ import pytest
 
 from conftest import SHARED_DATA
 from rmlab.data.formats import PairFormatError
-from rmlab.data.response_sets import alpacaeval_sets, to_response_set
+from rmlab.data.response_sets import REASONS, SetFormatError, alpacaeval_sets, to_response_set
 
 PROMPT = [{"role": "user", "content": "What is 2 + 2?"}]
 
@@ -32,23 +32,47 @@ def test_attribute_scores_combine_by_weights():
     assert to_response_set(row, score_weights={"x": 0.5, "y": 2.0})["scores"] == [4.5, 1.5]
 
 
-@pytest.mark.parametrize("row, problem", [
-    ({"prompt": "q", "responses": ["a"], "scores": [1]}, "a response set needs at least 2 responses, got 1"),
-    ({"prompt": "q", "responses": ["a", "a"], "scores": [1, 0]}, "all 2 responses are the same text"),
-    ({"prompt": "q", "responses": ["a", " "], "scores": [1, 0]}, "response 2 is empty"),
-    ({"prompt": "q", "responses": ["a", "b"], "scores": [1]}, "column 'scores' must give one score per response (2)"),
-    ({"prompt": "q", "responses": ["a", "b"], "scores": [1, None]}, "score 2 is not a number: None"),
-    ({"prompt": "q", "responses": ["a", "b"], "scores": [1, float("nan")]}, "score 2 is nan, not a finite float32 number"),
-    ({"prompt": "q", "responses": ["a", "b"], "scores": [1, 1e39]}, "score 2 is 1e+39, not a finite float32 number"),
-    ({"prompt": "q", "responses": ["a", "b"], "ranking": [0, 0]}, "column 'ranking' must list every response index once"),
-    ({"prompt": "q", "responses": ["a", "b"], "scores": [{"x": 1}, {"x": 2}]}, "score 1 is a dict of attributes ['x']"),
-    ({"prompt": "q", "responses": ["a", "b"]}, "responses without 'scores' or 'ranking'"),
-    ({"responses": ["a", "b"], "scores": [1, 0]}, "missing 'prompt'"),
+@pytest.mark.parametrize("row, reason, problem", [
+    ({"prompt": "q", "responses": ["a"], "scores": [1]}, "too_few_responses", "a response set needs at least 2 responses, got 1"),
+    ({"prompt": "q", "responses": ["a", "a"], "scores": [1, 0]}, "identical_responses", "all 2 responses are the same text"),
+    ({"prompt": "q", "responses": ["a", "b", "a"], "scores": [1, 0, 0]}, "duplicate_responses",
+     "responses 1 and 3 are the same text with different scores (1.0, 0.0)"),
+    ({"prompt": "q", "responses": ["a", " "], "scores": [1, 0]}, "empty_response", "response 2 is empty (whitespace only)"),
+    ({"prompt": "q", "responses": ["a", 3], "scores": [1, 0]}, "bad_response", "response 2 is a int, not a string"),
+    ({"prompt": "q", "responses": ["a", {"text": "b"}], "scores": [1, 0]}, "bad_response",
+     "response 2 is an object with fields ['text']: name the field holding its text with data.columns.response_text"),
+    ({"prompt": "q", "responses": ["a", {"role": "user", "content": "b"}], "scores": [1, 0]}, "bad_response",
+     "response 2 does not end with an assistant message"),
+    ({"prompt": "q", "responses": ["a", "b"], "scores": [1]}, "count_mismatch", "column 'scores' must give one score per response (2), got 1"),
+    ({"prompt": "q", "responses": ["a", "b"], "scores": [1, None]}, "missing_score", "score 2 is missing"),
+    ({"prompt": "q", "responses": ["a", "b"], "scores": [1, "N/A"]}, "bad_score", "score 2 is not a number: 'N/A'"),
+    ({"prompt": "q", "responses": ["a", "b"], "scores": [1, True]}, "bad_score", "score 2 is not a number: True"),
+    ({"prompt": "q", "responses": ["a", "b"], "scores": [1, float("nan")]}, "nonfinite_score", "score 2 is nan, not a finite number"),
+    ({"prompt": "q", "responses": ["a", "b"], "scores": [1, "-inf"]}, "nonfinite_score", "score 2 is -inf, not a finite number"),
+    ({"prompt": "q", "responses": ["a", "b"], "scores": [1, 1e39]}, "score_beyond_float32",
+     "score 2 is 1e+39, beyond float32's largest value (3.403e+38)"),
+    ({"prompt": "q", "responses": ["a", "b"], "ranking": [0, 0]}, "bad_ranking",
+     "column 'ranking' must list every response index (0..1) once, best first; got [0, 0]"),
+    ({"prompt": "q", "responses": ["a", "b"], "ranking": ["1", "0"]}, "bad_ranking", "column 'ranking' must list every response index"),
+    ({"prompt": "q", "responses": ["a", "b"], "ranking": [0]}, "count_mismatch", "column 'ranking' must list each of the 2 responses once"),
+    ({"prompt": "q", "responses": ["a", "b"], "scores": [{"x": 1}, {"x": 2}]}, "bad_score", "score 1 is a dict of attributes ['x']"),
+    ({"prompt": "q", "responses": ["a", "b"]}, "missing_column", "cannot detect the response-set layout from columns ['prompt', 'responses']"),
+    ({"responses": ["a", "b"], "scores": [1, 0]}, "missing_column", "missing 'prompt'"),
+    ({"prompt": 7, "responses": ["a", "b"], "scores": [1, 0]}, "bad_prompt", "column 'prompt' must be a string or a non-empty list"),
+    (["q", "a", "b"], "unreadable", "expected an object with named fields, got list"),
 ])
-def test_bad_sets_are_named(row, problem):
-    with pytest.raises(PairFormatError) as error:
+def test_bad_sets_are_named_with_their_reason(row, reason, problem):
+    with pytest.raises(SetFormatError) as error:
         to_response_set(row)
-    assert str(error.value).startswith(problem)
+    assert (error.value.reason, str(error.value)[:len(problem)]) == (reason, problem)
+    assert reason in REASONS
+
+
+def test_attribute_scores_missing_the_chosen_attribute():
+    row = {"prompt": "q", "responses": ["a", "b"], "scores": [{"x": 1}, {"y": 2}]}
+    with pytest.raises(SetFormatError, match=r"^score 2 has no attribute 'x' \('x' not in \['y'\]\)") as error:
+        to_response_set(row, score_key="x")
+    assert error.value.reason == "missing_score"
 
 
 PAIRS = [  # one prompt, one judge, reference "ref" against three outputs
