@@ -11,7 +11,8 @@ Row layouts (`data.format`; column names set by `data.columns`, defaults in SET_
 - `sets_chosen_rejected` (RewardBench 2): {"prompt", "chosen": str | [str], "rejected": [str, ...]},
   chosen scored 1 (ties among them allowed), rejected 0;
 - `sets_from_rows` (HelpSteer 2): one response per row, {"prompt", "response", "score"}; the rows of
-  one prompt form a set (rmlab.data.set_reader groups them).
+  one prompt form a set (rmlab.data.set_reader groups them). With `columns.score` null the row's own
+  columns are the attribute scores that `score_key` / `score_weights` read.
 A response is a string, a final assistant message {role: assistant, content}, or a whole
 conversation ending in the assistant's reply (then what comes before the reply is the prompt).
 A score is a number, or a string holding one (CSV).
@@ -220,13 +221,14 @@ def to_response_set(row: Mapping[str, Any], columns: Mapping[str, str | None] | 
         raise ValueError(f"unknown response-set format {fmt!r}; choose one of {SET_FORMATS} or 'auto'")
     given = row.get(columns["prompt"])
     prompt = _prompt(given, columns["prompt"]) if given is not None else None
-    if fmt == "sets_from_rows":
-        for column in ("response", "score"):
-            if row.get(columns[column]) is None:
-                raise SetFormatError("missing_score" if column == "score" else "missing_column", f"missing {columns[column]!r}")
+    if fmt == "sets_from_rows":  # columns.score=null: the row's columns are the attributes score_key/score_weights read
+        if row.get(columns["response"]) is None:
+            raise SetFormatError("missing_column", f"missing {columns['response']!r}")
+        score = row if columns["score"] is None else row.get(columns["score"])
+        if score is None:
+            raise SetFormatError("missing_score", f"missing {columns['score']!r}")
         prompt, (response,) = _replies([row[columns["response"]]], prompt, columns)
-        return {"prompt": prompt, "responses": [response],
-                "scores": [read_score(row[columns["score"]], "the score", score_key, score_weights)]}
+        return {"prompt": prompt, "responses": [response], "scores": [read_score(score, "the score", score_key, score_weights)]}
     if fmt == "sets_chosen_rejected":
         sides = {}
         for side in ("chosen", "rejected"):
