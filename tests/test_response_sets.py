@@ -9,7 +9,7 @@ import pytest
 
 from conftest import SHARED_DATA
 from rmlab.data.formats import PairFormatError
-from rmlab.data.response_sets import REASONS, SetFormatError, alpacaeval_sets, to_response_set
+from rmlab.data.response_sets import REASONS, SetFormatError, alpacaeval_sets, split_turns, to_response_set
 
 PROMPT = [{"role": "user", "content": "What is 2 + 2?"}]
 
@@ -103,3 +103,57 @@ def test_alpacaeval_conversion_of_the_real_test_pairs(tmp_path):
     for response_set in sets:
         checked = to_response_set(response_set)
         assert len(checked["responses"]) >= 2 and checked["scores"][response_set["models"].index(response_set["reference_model"])] == 0.5
+
+
+ASSISTANT = lambda text: {"role": "assistant", "content": text}  # noqa: E731
+
+
+def test_responses_as_assistant_messages_or_conversations():
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2 + 2?"}]
+    as_messages = {"prompt": prompt, "responses": [ASSISTANT("4"), ASSISTANT("5")], "scores": [1, 0]}
+    conversations = {"responses": [prompt + [ASSISTANT("4")], prompt + [ASSISTANT("5")]], "scores": [1, 0]}
+    expected = {"prompt": prompt, "responses": ["4", "5"], "scores": [1.0, 0.0]}
+    assert to_response_set(as_messages) == to_response_set(conversations) == expected
+    assert to_response_set({**conversations, "prompt": prompt}) == expected  # a prompt column agreeing with them
+    other = {**conversations, "responses": [prompt + [ASSISTANT("4")], prompt[1:] + [ASSISTANT("5")]]}
+    with pytest.raises(SetFormatError, match=r"^response 2: the conversation before its reply is not the prompt") as error:
+        to_response_set(other)
+    assert error.value.reason == "bad_response"
+
+
+def test_scores_from_strings_dotted_attributes_and_response_objects():
+    row = {"prompt": "q", "responses": ["a", "b"], "scores": [" 4.5", "-1"]}
+    assert to_response_set(row)["scores"] == [4.5, -1.0]
+    nested = {"prompt": "q", "responses": ["a", "b"],
+              "scores": [{"helpfulness": {"Rating": "4"}}, {"helpfulness": {"Rating": "2"}}]}
+    assert to_response_set(nested, score_key="helpfulness.Rating")["scores"] == [4.0, 2.0]
+    objects = {"question": "q", "completions": [{"text": "a", "rating": {"overall": 7}}, {"text": "b", "rating": {"overall": 3}}]}
+    columns = {"prompt": "question", "responses": "completions", "response_text": "text", "response_score": "rating.overall"}
+    assert to_response_set(objects, columns) == {"prompt": [{"role": "user", "content": "q"}], "responses": ["a", "b"],
+                                                 "scores": [7.0, 3.0]}
+    with pytest.raises(SetFormatError, match=r"^response 2 has no field 'text' \(it has \['body'\]\)"):
+        to_response_set({**objects, "completions": [objects["completions"][0], {"body": "b"}]}, columns)
+
+
+def test_one_response_rows_read_attributes_from_the_row_itself():
+    row = {"prompt": "q", "response": "a", "helpfulness": 3, "correctness": 4, "verbosity": 2}
+    weights = {"helpfulness": 0.5, "correctness": 1.0, "verbosity": -0.5}
+    out = to_response_set(row, {"score": None}, score_weights=weights, fmt="sets_from_rows")
+    assert out == {"prompt": [{"role": "user", "content": "q"}], "responses": ["a"], "scores": [1.5 + 4.0 - 1.0]}
+    assert to_response_set(row, {"score": "correctness"}, fmt="sets_from_rows")["scores"] == [4.0]
+
+
+MARKERS = {"user": "<extra_id_1>User", "assistant": "<extra_id_1>Assistant"}
+
+
+def test_turn_markers_split_a_prompt_string_into_chat_turns():
+    text = "Write a haiku.\n<extra_id_1>Assistant\nLeaves fall...\n<extra_id_1>User\nAnother one, about snow."
+    turns = [{"role": "user", "content": "Write a haiku."}, {"role": "assistant", "content": "Leaves fall..."},
+             {"role": "user", "content": "Another one, about snow."}]
+    assert split_turns(text, MARKERS) == turns
+    assert split_turns("c#", MARKERS) == [{"role": "user", "content": "c#"}]
+    row = {"prompt": text, "responses": ["Snow.", "Rain."], "scores": [1, 0]}
+    assert to_response_set(row, turn_markers=MARKERS)["prompt"] == turns
+    assert to_response_set(row)["prompt"] == [{"role": "user", "content": text}]  # without markers: one user turn
+    with pytest.raises(SetFormatError, match=r"^turn marker role 'human' is not one of"):
+        split_turns(text, {"human": "H:"})

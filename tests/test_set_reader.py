@@ -134,3 +134,14 @@ def test_bad_settings_are_refused():
         read_sets(rows, "x", "train", on_bad_row="drop")
     with pytest.raises(ValueError, match=r"unknown data.columns.answer for response sets"):
         read_sets(rows, "x", "train", columns={"answer": "a"})
+
+
+def test_turn_markers_give_grouped_rows_a_chat_prompt():
+    text = "Hi.\n<extra_id_1>Assistant\nHello!\n<extra_id_1>User\nName a fruit."
+    rows = [{"prompt": text, "response": "Pear.", "helpfulness": 4}, {"prompt": text, "response": "Rock.", "helpfulness": 0}]
+    markers = {"user": "<extra_id_1>User", "assistant": "<extra_id_1>Assistant"}
+    read = read_sets(Dataset.from_list(rows), "hub[train]", "train", format="sets_from_rows",
+                     columns={"score": "helpfulness"}, turn_markers=markers)
+    assert [(m["role"], m["content"]) for m in read.sets[0]["prompt"]] == [
+        ("user", "Hi."), ("assistant", "Hello!"), ("user", "Name a fruit.")]
+    assert (read.sets["responses"], read.sets["scores"]) == ([["Pear.", "Rock."]], [[4.0, 0.0]])

@@ -30,11 +30,12 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import re
 import sys
 from collections import Counter
 from typing import Any, Iterable, Mapping
 
-from rmlab.data.formats import FLOAT32_MAX, PairFormatError, _as_messages, _same_turn
+from rmlab.data.formats import FLOAT32_MAX, ROLES, PairFormatError, _as_messages, _same_turn
 
 SET_FORMATS = ("sets_scores", "sets_ranking", "sets_chosen_rejected", "sets_from_rows")
 SET_COLUMNS = {"prompt": "prompt", "responses": "responses", "scores": "scores", "ranking": "ranking",
@@ -140,7 +141,30 @@ def read_score(value: Any, what: str, score_key: str | None = None, score_weight
     return float(number)
 
 
-def _prompt(value: Any, column: str) -> list[dict[str, Any]]:
+def split_turns(text: str, markers: Mapping[str, str]) -> list[dict[str, str]]:
+    """A prompt string that holds earlier turns behind role markers, as chat messages. HelpSteer 2's
+    multi-turn prompts read "{user 1}\n<extra_id_1>Assistant\n{assistant 1}\n<extra_id_1>User\n{user 2}":
+    markers {user: "<extra_id_1>User", assistant: "<extra_id_1>Assistant"}. Text before the first
+    marker is a user turn; each turn is stripped of surrounding whitespace.
+
+    Raises SetFormatError (bad_prompt) for a marker role that chat templates do not know."""
+    unknown = sorted(set(markers) - set(ROLES))
+    if unknown:
+        raise SetFormatError("bad_prompt", f"turn marker role {unknown[0]!r} is not one of {ROLES}")
+    role_of = {marker: role for role, marker in markers.items()}
+    pattern = re.compile("|".join(re.escape(marker) for marker in sorted(role_of, key=len, reverse=True)))
+    messages, role, start = [], "user", 0
+    for match in pattern.finditer(text):
+        if match.start() > start or messages:
+            messages.append({"role": role, "content": text[start:match.start()].strip()})
+        role, start = role_of[match.group()], match.end()
+    messages.append({"role": role, "content": text[start:].strip()})
+    return messages
+
+
+def _prompt(value: Any, column: str, turn_markers: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    if turn_markers and isinstance(value, str):
+        value = split_turns(value, turn_markers)
     try:
         return _as_messages(value, f"column {column!r}")
     except PairFormatError as err:
@@ -207,10 +231,12 @@ def check_set(responses: list[str], scores: list[float]) -> None:
 
 
 def to_response_set(row: Mapping[str, Any], columns: Mapping[str, str | None] | None = None, score_key: str | None = None,
-                    score_weights: Mapping[str, float] | None = None, fmt: str = "auto") -> dict[str, Any]:
+                    score_weights: Mapping[str, float] | None = None, fmt: str = "auto",
+                    turn_markers: Mapping[str, str] | None = None) -> dict[str, Any]:
     """{prompt: messages, responses: [str], scores: [float]} of one row in a layout above (`fmt`, or
     detected from this row with "auto"). A `sets_from_rows` row gives one response and one score:
-    group such rows with rmlab.data.set_reader.
+    group such rows with rmlab.data.set_reader. `turn_markers` splits a prompt string into chat
+    turns (split_turns).
 
     Raises SetFormatError (a PairFormatError; the reader names file and line) with one of REASONS."""
     if not isinstance(row, Mapping):
@@ -220,7 +246,7 @@ def to_response_set(row: Mapping[str, Any], columns: Mapping[str, str | None] | 
     if fmt not in SET_FORMATS:
         raise ValueError(f"unknown response-set format {fmt!r}; choose one of {SET_FORMATS} or 'auto'")
     given = row.get(columns["prompt"])
-    prompt = _prompt(given, columns["prompt"]) if given is not None else None
+    prompt = _prompt(given, columns["prompt"], turn_markers) if given is not None else None
     if fmt == "sets_from_rows":  # columns.score=null: the row's columns are the attributes score_key/score_weights read
         if row.get(columns["response"]) is None:
             raise SetFormatError("missing_column", f"missing {columns['response']!r}")

@@ -67,7 +67,7 @@ def _used_columns(columns: dict[str, str | None]) -> set[str]:
 
 def read_sets(raw: Dataset, origin: str, split: str, format: str = "auto", columns: Mapping[str, str | None] | None = None,
               score_key: str | None = None, score_weights: Mapping[str, float] | None = None,
-              on_bad_row: str = "error") -> SetsRead:
+              on_bad_row: str = "error", turn_markers: Mapping[str, str] | None = None) -> SetsRead:
     """The response sets of one split (`origin` names it in messages: a file, or hub id[split]).
 
     Args:
@@ -77,6 +77,8 @@ def read_sets(raw: Dataset, origin: str, split: str, format: str = "auto", colum
         score_key / score_weights: data.score_key (a dotted path) / data.score_weights: the training
             target from attribute scores.
         on_bad_row: "error" raises DataError at the first bad row; "skip" counts it.
+        turn_markers: data.turn_markers, {role: marker}: prompt strings holding earlier turns behind
+            such markers become chat messages (rmlab.data.response_sets.split_turns; HelpSteer 2).
     Returns SetsRead; its `stats` count sets, responses, the smallest and largest K, and the rejected
     rows per reason (`rejected_<reason>`).
     Raises DataError: a bad row under on_bad_row=error, no rows, or every row rejected.
@@ -105,7 +107,7 @@ def read_sets(raw: Dataset, origin: str, split: str, format: str = "auto", colum
         try:
             if format == "auto":
                 format = detect_set_format(fields, columns)
-            response_set = to_response_set(fields, columns, score_key, score_weights, format)
+            response_set = to_response_set(fields, columns, score_key, score_weights, format, turn_markers)
         except SetFormatError as err:
             reject(where, err.reason, f"{err} (format {format!r})", fields)
             continue
