@@ -56,7 +56,7 @@ def test_skip_counts_each_reason_and_keeps_the_rows(tmp_path, caplog):
     assert [(r["origin"], r["reason"]) for r in read.rejects] == [(f"{file} line {n}", reason) for n, reason in
                                                                   zip([*range(2, len(BAD) + 2), len(BAD) + 3], reasons)]
     assert read.rejects[-1]["problem"].startswith("not valid JSON")
-    assert read.stats == {"sets": 2, "responses": 6, "k_min": 3, "k_max": 3, "rejected": len(reasons),
+    assert read.stats == {"sets": 2, "responses": 6, "k_min": 3, "k_max": 3, "all_tied": 0, "rejected": len(reasons),
                           **{f"rejected_{reason}": 1 for reason in reasons}}
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == len(reasons)  # one line per reason, with its count and first row
@@ -145,3 +145,20 @@ def test_turn_markers_give_grouped_rows_a_chat_prompt():
     assert [(m["role"], m["content"]) for m in read.sets[0]["prompt"]] == [
         ("user", "Hi."), ("assistant", "Hello!"), ("user", "Name a fruit.")]
     assert (read.sets["responses"], read.sets["scores"]) == ([["Pear.", "Rock."]], [[4.0, 0.0]])
+
+
+def test_tied_sets_are_kept_and_counted_and_mixed_metadata_becomes_text():
+    rows = [{"prompt": "p", "responses": ["a", "b"], "scores": [2, 2], "note": 7},
+            {"prompt": "q", "responses": ["a", "b", "c"], "scores": [2, 1, 2], "note": "seven"},
+            {"prompt": "r", "responses": ["a", "b"], "scores": [0.5, 0.5]}]
+    read = read_sets(Dataset.from_list(rows[:1]), "one", "train")
+    assert read.sets["note"] == [7]
+    read = read_sets(_jsonl_dataset(rows), "three", "train")
+    assert (read.stats["all_tied"], read.stats["k_min"], read.stats["k_max"], read.stats["responses"]) == (2, 2, 3, 7)
+    assert read.sets["note"] == ["7", "seven", None]
+
+
+def _jsonl_dataset(rows):
+    """Rows as LocalFiles gives them (each row's JSON text), so rows may differ in fields and types."""
+    return Dataset.from_list([{"origin": f"rows.jsonl line {n}", "raw": json.dumps(row), "problem": None}
+                              for n, row in enumerate(rows, start=1)])

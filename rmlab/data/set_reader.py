@@ -117,17 +117,18 @@ def read_sets(raw: Dataset, origin: str, split: str, format: str = "auto", colum
     if not read:
         first = rejects[0]
         raise DataError(f"{origin}: every row was rejected (first: {first['origin']}: {first['problem']})")
-    stored = [_stored(where, response_set, fields, columns) for where, response_set, fields in read]
-    keys = list(dict.fromkeys(key for row in stored for key in row))  # every row's fields, None where a row has none
-    sets = Dataset.from_list([{key: row.get(key) for key in keys} for row in stored])
+    sets = Dataset.from_list(_one_type_per_column([_stored(where, response_set, fields, columns)
+                                                   for where, response_set, fields in read]))
     reasons = Counter(r["reason"] for r in rejects)
     for reason, count in sorted(reasons.items()):
         first = next(r for r in rejects if r["reason"] == reason)
         log.warning("%s: skipped %d rows (%s; data.on_bad_row=skip), first: %s: %s", split, count, reason,
                     first["origin"], first["problem"])
     sizes = [len(s["responses"]) for _, s, _ in read]
-    stats = {"sets": len(read), "responses": sum(sizes), "k_min": min(sizes), "k_max": max(sizes), "rejected": len(rejects),
-             **{f"rejected_{reason}": count for reason, count in sorted(reasons.items())}}
+    # A set whose scores are all equal has no preference, only ties: kept (a ties loss learns from it), counted.
+    all_tied = sum(len(set(s["scores"])) == 1 for _, s, _ in read)
+    stats = {"sets": len(read), "responses": sum(sizes), "k_min": min(sizes), "k_max": max(sizes), "all_tied": all_tied,
+             "rejected": len(rejects), **{f"rejected_{reason}": count for reason, count in sorted(reasons.items())}}
     log.info("%s: %s (format %s)", split, stats, format)
     return SetsRead(sets, format, rejects, stats)
 
@@ -138,6 +139,19 @@ def _stored(where: str, response_set: dict[str, Any], fields: Mapping[str, Any],
                 and key not in SET_FIELDS}
     return {"prompt": stored_messages(response_set["prompt"]), "responses": response_set["responses"],
             "scores": response_set["scores"], "prompt_key": prompt_key(response_set["prompt"]), "origin": where, **metadata}
+
+
+def _one_type_per_column(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with every row's fields (None where a row has none), a metadata field whose values differ in
+    type between rows (e.g. a number here, a string there) held as text, so that one Arrow column holds it."""
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    mixed = [key for key in keys if key not in SET_FIELDS and len(
+        {bool if isinstance(v, bool) else float if isinstance(v, int) else type(v) for v in (row.get(key) for row in rows)
+         if v is not None}) > 1]
+    for key in mixed:
+        log.info("metadata field %r has values of several types: kept as text", key)
+    return [{key: (str(row.get(key)) if key in mixed and row.get(key) is not None else row.get(key)) for key in keys}
+            for row in rows]
 
 
 def _group(read: list[tuple[str, dict[str, Any], dict[str, Any]]], reject) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
