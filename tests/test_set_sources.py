@@ -121,12 +121,15 @@ def test_alpacaeval_sets_name_bad_lines_and_groups(tmp_path):
     lines = [pair, {**pair, "chosen_model": "b", "chosen": "B", "judge_confidence": 0.7},
              {**pair, "prompt": "q"}, {**pair, "prompt": "q", "chosen_model": "c", "rejected_model": "d"}]
     file = tmp_path / "pairs.jsonl"
-    file.write_text("\n".join(json.dumps(p) for p in lines) + "\n{broken\n", encoding="utf-8")
+    file.write_text("\n".join(json.dumps(p) for p in lines) + '\n{broken\n{"prompt": "x"}\n', encoding="utf-8")
     read = read_sets(AlpacaEvalSets(str(file))()["train"], str(file), "train", on_bad_row="skip")
     assert (read.sets["responses"], read.sets["scores"], read.sets["origin"]) == (
         [["A", "B", "R"]], [[0.9, 0.7, 0.5]], [f"{file} lines 1, 2"])
-    assert [(r["origin"], r["reason"]) for r in read.rejects] == [(f"{file} line 5", "unreadable"), (f"{file} lines 3, 4", "unreadable")]
-    assert read.rejects[1]["problem"] == "'q' (j): no model is in all 2 pairs, so there is no reference"
+    assert [(r["origin"], r["reason"]) for r in read.rejects] == [
+        (f"{file} line 5", "unreadable"), (f"{file} line 6", "missing_column"), (f"{file} lines 3, 4", "no_reference")]
+    assert read.rejects[1]["problem"] == ("not an AlpacaEval pair: missing ['judge', 'chosen', 'rejected', 'chosen_model', "
+                                          "'rejected_model', 'judge_confidence']")
+    assert read.rejects[2]["problem"] == "'q' (j): no model is in all 2 pairs, so there is no reference"
 
 
 def test_synthetic_sets_source_splits_by_prompt():

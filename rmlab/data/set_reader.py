@@ -46,14 +46,15 @@ class SetsRead:
     stats: dict[str, int] = field(default_factory=dict)
 
 
-def _rows(raw: Dataset, origin: str) -> Iterator[tuple[str, Any, str | None]]:
-    """(where, fields, the reader's problem) of every row: file rows keep their line."""
+def _rows(raw: Dataset, origin: str) -> Iterator[tuple[str, Any, str | None, str]]:
+    """(where, fields, the reader's problem, its reason) of every row: file rows keep their line; a
+    source that groups rows itself (AlpacaEvalSets) gives its problems' reasons in a `reason` column."""
     from_file = "raw" in raw.column_names and "origin" in raw.column_names
     for index, row in enumerate(raw):
         if from_file:
-            yield row["origin"], json.loads(row["raw"]), row["problem"]
+            yield row["origin"], json.loads(row["raw"]), row["problem"], row.get("reason") or "unreadable"
         else:
-            yield f"{origin} row {index + 1}", row, None
+            yield f"{origin} row {index + 1}", row, None, "unreadable"
 
 
 def _scalar(value: Any) -> Any:
@@ -98,11 +99,11 @@ def read_sets(raw: Dataset, origin: str, split: str, format: str = "auto", colum
         rejects.append({"split": split, "origin": where, "reason": reason, "problem": problem, "row": row})
 
     read: list[tuple[str, dict[str, Any], dict[str, Any]]] = []  # (where, set, the row's fields)
-    for where, fields, problem in _rows(raw, origin):
+    for where, fields, problem, reason in _rows(raw, origin):
         if problem is None and not isinstance(fields, Mapping):
             problem = f"expected an object with named fields, got {type(fields).__name__}"
         if problem is not None:
-            reject(where, "unreadable", problem, fields)
+            reject(where, reason, problem, fields)
             continue
         try:
             if format == "auto":

@@ -161,35 +161,39 @@ class SyntheticSets(Synthetic):
         return f"synthetic_sets[{split}]"
 
 
+SET_FEATURES = Features({**RAW_FEATURES, "reason": Value("string")})
+
+
 def _alpacaeval_rows(path: str, judge: str | None):
     """Response sets of an AlpacaEval pairs file as LocalFiles rows: origin "<file> lines 3, 9, ...",
-    the set as JSON text, or the problem of a line or of a group (no reference)."""
+    the set as JSON text, or the problem of a line or of a group, and its reason (REASONS)."""
     pairs = []
     for row in read_file_rows(path):
         if row.problem is not None or not isinstance(row.data, dict):
             problem = row.problem or f"expected an object with named fields, got {type(row.data).__name__}"
-            yield {"origin": f"{path} {row.location}", "raw": json.dumps(row.data, ensure_ascii=False, default=str), "problem": problem}
+            yield {"origin": f"{path} {row.location}", "raw": json.dumps(row.data, ensure_ascii=False, default=str),
+                   "problem": problem, "reason": "unreadable"}
             continue
         missing = [key for key in ("prompt", "judge", "chosen", "rejected", "chosen_model", "rejected_model",
                                    "judge_confidence") if row.data.get(key) is None]
         if missing:
             yield {"origin": f"{path} {row.location}", "raw": json.dumps(row.data, ensure_ascii=False),
-                   "problem": f"not an AlpacaEval pair: missing {missing}"}
+                   "problem": f"not an AlpacaEval pair: missing {missing}", "reason": "missing_column"}
         elif judge is None or row.data["judge"] == judge:
             pairs.append({**row.data, "_line": row.location.removeprefix("line ").removeprefix("row ")})
     for members in alpacaeval_groups(pairs).values():
         origin = f"{path} lines {', '.join(p['_line'] for p in members)}"
         try:
-            yield {"origin": origin, "raw": json.dumps(alpacaeval_set(members), ensure_ascii=False), "problem": None}
+            yield {"origin": origin, "raw": json.dumps(alpacaeval_set(members), ensure_ascii=False), "problem": None, "reason": None}
         except SetFormatError as err:
-            yield {"origin": origin, "raw": json.dumps(members, ensure_ascii=False), "problem": str(err)}
+            yield {"origin": origin, "raw": json.dumps(members, ensure_ascii=False), "problem": str(err), "reason": err.reason}
 
 
 class AlpacaEvalSets(LocalFiles):
     """Response sets grouped on the fly from AlpacaEval pairs files (rmlab.data.response_sets.alpacaeval_set):
     one set per (prompt, judge), gold score = judged win probability against the reference output.
     `judge` keeps one judge's sets (the files hold two judges' verdicts on the same outputs); None keeps both.
-    Rows are LocalFiles rows, so a problem names the file and the lines of the set."""
+    Rows are LocalFiles rows, so a problem names the file and the lines of the set, plus the problem's `reason`."""
 
     def __init__(self, path: str | None, val_path: str | None = None, test_path: str | None = None, judge: str | None = None):
         super().__init__(path, val_path, test_path)
@@ -208,5 +212,5 @@ class AlpacaEvalSets(LocalFiles):
             rows = list(_alpacaeval_rows(str(path), self.judge))
             if not rows:
                 raise DataError(f"{path}: no AlpacaEval pairs" + (f" of judge {self.judge!r}" if self.judge else ""))
-            out[split] = Dataset.from_list(rows, features=RAW_FEATURES)
+            out[split] = Dataset.from_list(rows, features=SET_FEATURES)
         return out
