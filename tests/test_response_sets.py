@@ -8,8 +8,9 @@ import sys
 import pytest
 
 from conftest import SHARED_DATA
-from rmlab.data.formats import PairFormatError
-from rmlab.data.response_sets import REASONS, SetFormatError, alpacaeval_sets, split_turns, to_response_set
+from rmlab.data.formats import PairFormatError, detect_format, to_pair
+from rmlab.data.response_sets import (REASONS, SetFormatError, alpacaeval_sets, expand_to_pairs, split_turns,
+                                       to_response_set)
 
 PROMPT = [{"role": "user", "content": "What is 2 + 2?"}]
 
@@ -157,3 +158,33 @@ def test_turn_markers_split_a_prompt_string_into_chat_turns():
     assert to_response_set(row)["prompt"] == [{"role": "user", "content": text}]  # without markers: one user turn
     with pytest.raises(SetFormatError, match=r"^turn marker role 'human' is not one of"):
         split_turns(text, {"human": "H:"})
+
+
+def test_a_set_expands_into_its_preference_pairs_ties_left_out():
+    response_set = {"prompt": PROMPT, "responses": ["4", "5", "four", "22"], "scores": [1.0, 0.0, 1.0, 0.25]}
+    pairs, ties = expand_to_pairs(response_set)
+    assert ties == 1  # "4" and "four"
+    assert [(p["chosen"], p["rejected"], p["score_gap"]) for p in pairs] == [
+        ("4", "5", 1.0), ("4", "22", 0.75), ("four", "5", 1.0), ("22", "5", 0.25), ("four", "22", 0.75)]
+    assert all(p["prompt"] == PROMPT for p in pairs)
+
+
+def test_pairs_command_writes_every_pair_and_names_a_bad_line(tmp_path):
+    sets = tmp_path / "sets.jsonl"
+    sets.write_text(json.dumps({"prompt": "q", "responses": ["a", "b", "c"], "ranking": [2, 0, 1]}) + "\n"
+                    + json.dumps({"prompt": "r", "chosen": ["x", "y"], "rejected": ["z"]}) + "\n", encoding="utf-8")
+    out = tmp_path / "pairs.jsonl.gz"
+    command = [sys.executable, "-m", "rmlab.data.response_sets", "pairs", str(sets), str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout == f"5 pairs from 2 response sets in {sets} -> {out} (1 tied pairs left out)\n"
+    pairs = [json.loads(line) for line in gzip.open(out, "rt")]
+    assert [(p["chosen"], p["rejected"], p["score_gap"], p["set_origin"]) for p in pairs] == [
+        ("a", "b", 1.0, "line 1"), ("c", "a", 1.0, "line 1"), ("c", "b", 2.0, "line 1"),
+        ("x", "z", 1.0, "line 2"), ("y", "z", 1.0, "line 2")]
+    assert pairs[0]["prompt"] == [{"role": "user", "content": "q"}]
+    columns = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}  # the pair path reads them as they are
+    assert to_pair(pairs[0], detect_format(pairs[0], columns), columns) == {"prompt": pairs[0]["prompt"], "chosen": "a", "rejected": "b"}
+    with sets.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"prompt": "s", "responses": ["a", "a"], "scores": [1, 0]}) + "\n")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr == f"{sets} line 3: all 2 responses are the same text\n"

@@ -22,7 +22,9 @@ skipped rows are counted per reason.
 
 `alpacaeval_sets` groups the AlpacaEval pairs of ../shared/data (every output of a prompt judged
 against one reference output) into such sets:
-`python -m rmlab.data.response_sets alpacaeval <pairs.jsonl.gz> <sets.jsonl.gz>`.
+`python -m rmlab.data.response_sets alpacaeval <pairs.jsonl.gz> <sets.jsonl.gz>`;
+`expand_to_pairs` turns a set into its preference pairs, as trainers that take only pairs need them:
+`python -m rmlab.data.response_sets pairs <sets file> <pairs.jsonl.gz>`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import sys
 from collections import Counter
 from typing import Any, Iterable, Mapping
 
+from rmlab.data.files import read_file_rows
 from rmlab.data.formats import FLOAT32_MAX, ROLES, PairFormatError, _as_messages, _same_turn
 
 SET_FORMATS = ("sets_scores", "sets_ranking", "sets_chosen_rejected", "sets_from_rows")
@@ -346,14 +349,60 @@ def alpacaeval_sets(pairs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [alpacaeval_set(members) for members in alpacaeval_groups(pairs).values()]
 
 
+def expand_to_pairs(response_set: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """Every preference pair of a set ({prompt, responses, scores} as to_response_set gives it): for
+    responses i < j with different scores, {prompt, chosen, rejected, score_gap} (score_gap >= 0, for
+    data.columns.margin). Returns the pairs and the number of tied pairs, which a pair cannot hold.
+    K responses give up to K(K-1)/2 pairs: what trainers that take only pairs train on."""
+    prompt, responses, scores = response_set["prompt"], response_set["responses"], response_set["scores"]
+    pairs, ties = [], 0
+    for i in range(len(responses)):
+        for j in range(i + 1, len(responses)):
+            if scores[i] == scores[j]:
+                ties += 1
+                continue
+            better, worse = (i, j) if scores[i] > scores[j] else (j, i)
+            pairs.append({"prompt": prompt, "chosen": responses[better], "rejected": responses[worse],
+                          "score_gap": scores[better] - scores[worse]})
+    return pairs, ties
+
+
+def _opener(path: str, mode: str):
+    return gzip.open(path, mode) if path.endswith(".gz") else open(path, mode)
+
+
+def _write_pairs(source: str, target: str) -> None:
+    """Every preference pair of every set of a file, each with the line of its set (`set_origin`)."""
+    sets = pairs = ties = 0
+    with _opener(target, "wt") as out:
+        for row in read_file_rows(source):
+            try:
+                if row.problem is not None:
+                    raise SetFormatError("unreadable", row.problem)
+                expanded, tied = expand_to_pairs(to_response_set(row.data))
+            except SetFormatError as err:
+                raise SystemExit(f"{source} {row.location}: {err}") from None
+            for pair in expanded:
+                out.write(json.dumps({**pair, "set_origin": row.location}, ensure_ascii=False) + "\n")
+            sets, pairs, ties = sets + 1, pairs + len(expanded), ties + tied
+    print(f"{pairs} pairs from {sets} response sets in {source} -> {target} ({ties} tied pairs left out)")
+
+
+USAGE = ("usage: python -m rmlab.data.response_sets alpacaeval <pairs.jsonl[.gz]> <sets.jsonl[.gz]>\n"
+         "       python -m rmlab.data.response_sets pairs <sets file> <pairs.jsonl[.gz]>")
+
+
 def main(argv: list[str]) -> None:
-    """`alpacaeval <pairs.jsonl[.gz]> <sets.jsonl[.gz]>`: write alpacaeval_sets of the pairs file."""
-    if len(argv) != 3 or argv[0] != "alpacaeval":
-        raise SystemExit("usage: python -m rmlab.data.response_sets alpacaeval <pairs.jsonl[.gz]> <sets.jsonl[.gz]>")
-    opener = lambda path, mode: gzip.open(path, mode) if path.endswith(".gz") else open(path, mode)  # noqa: E731
-    with opener(argv[1], "rt") as source:
+    """`alpacaeval <pairs> <sets>`: write alpacaeval_sets of an AlpacaEval pairs file;
+    `pairs <sets> <pairs>`: write every preference pair of a sets file (expand_to_pairs)."""
+    if len(argv) != 3 or argv[0] not in ("alpacaeval", "pairs"):
+        raise SystemExit(USAGE)
+    if argv[0] == "pairs":
+        _write_pairs(argv[1], argv[2])
+        return
+    with _opener(argv[1], "rt") as source:
         sets = alpacaeval_sets(json.loads(line) for line in source if line.strip())
-    with opener(argv[2], "wt") as out:
+    with _opener(argv[2], "wt") as out:
         for response_set in sets:
             out.write(json.dumps(response_set, ensure_ascii=False) + "\n")
     sizes = Counter(len(s["responses"]) for s in sets)
