@@ -6,11 +6,10 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import SHARED_DATA
-from rmlab.data.formats import PairFormatError, detect_format, to_pair
-from rmlab.data.response_sets import (REASONS, SetFormatError, alpacaeval_sets, expand_to_pairs, split_turns,
-                                       to_response_set)
+
+from rmlab.data.formats import detect_format, to_pair
+from rmlab.data.response_sets import REASONS, SetFormatError, alpacaeval_sets, expand_to_pairs, split_turns, to_response_set
 
 PROMPT = [{"role": "user", "content": "What is 2 + 2?"}]
 
@@ -106,17 +105,18 @@ def test_alpacaeval_conversion_of_the_real_test_pairs(tmp_path):
         assert len(checked["responses"]) >= 2 and checked["scores"][response_set["models"].index(response_set["reference_model"])] == 0.5
 
 
-ASSISTANT = lambda text: {"role": "assistant", "content": text}  # noqa: E731
+def assistant(text):
+    return {"role": "assistant", "content": text}
 
 
 def test_responses_as_assistant_messages_or_conversations():
     prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2 + 2?"}]
-    as_messages = {"prompt": prompt, "responses": [ASSISTANT("4"), ASSISTANT("5")], "scores": [1, 0]}
-    conversations = {"responses": [prompt + [ASSISTANT("4")], prompt + [ASSISTANT("5")]], "scores": [1, 0]}
+    as_messages = {"prompt": prompt, "responses": [assistant("4"), assistant("5")], "scores": [1, 0]}
+    conversations = {"responses": [prompt + [assistant("4")], prompt + [assistant("5")]], "scores": [1, 0]}
     expected = {"prompt": prompt, "responses": ["4", "5"], "scores": [1.0, 0.0]}
     assert to_response_set(as_messages) == to_response_set(conversations) == expected
     assert to_response_set({**conversations, "prompt": prompt}) == expected  # a prompt column agreeing with them
-    other = {**conversations, "responses": [prompt + [ASSISTANT("4")], prompt[1:] + [ASSISTANT("5")]]}
+    other = {**conversations, "responses": [prompt + [assistant("4")], prompt[1:] + [assistant("5")]]}
     with pytest.raises(SetFormatError, match=r"^response 2: the conversation before its reply is not the prompt") as error:
         to_response_set(other)
     assert error.value.reason == "bad_response"
@@ -186,5 +186,5 @@ def test_pairs_command_writes_every_pair_and_names_a_bad_line(tmp_path):
     assert to_pair(pairs[0], detect_format(pairs[0], columns), columns) == {"prompt": pairs[0]["prompt"], "chosen": "a", "rejected": "b"}
     with sets.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps({"prompt": "s", "responses": ["a", "a"], "scores": [1, 0]}) + "\n")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 1 and result.stderr == f"{sets} line 3: all 2 responses are the same text\n"

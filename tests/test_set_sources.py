@@ -6,10 +6,10 @@ import json
 import math
 
 import pytest
+from conftest import compose_train
 from datasets import Dataset
 from omegaconf import OmegaConf
 
-from conftest import compose_train
 from rmlab.data.formats import prompt_key
 from rmlab.data.set_reader import read_sets
 from rmlab.data.sources import AlpacaEvalSets, SyntheticSets

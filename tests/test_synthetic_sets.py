@@ -5,10 +5,10 @@ import hashlib
 import json
 
 import pytest
+from test_synthetic import arithmetic_answer, count_answer, has_markdown, is_polite, numbers
 
 from rmlab.data.response_sets import to_response_set
 from rmlab.data.synthetic import TASKS, generate_pairs, generate_sets
-from test_synthetic import arithmetic_answer, count_answer, has_markdown, is_polite, numbers
 
 KEYS = {"prompt", "responses", "scores", "task", "flaws", "correct_index", "correct_longest", "formatted", "polite", "chars"}
 

@@ -12,6 +12,7 @@ and how strongly.
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
@@ -580,7 +581,7 @@ def _style_set(rng: random.Random, draft: _Draft, length_bias: float, verbosity:
     rng.shuffle(shorter)
     rng.shuffle(longer)
     order = [*shorter, 0, *longer]
-    for previous, current in zip(order, order[1:]):
+    for previous, current in itertools.pairwise(order):
         _lengthen(rng, draft, responses[current], verbosity, beat=len(responses[previous].render()))
     places = list(range(len(responses)))  # where each response goes in the set: the correct one anywhere
     rng.shuffle(places)
