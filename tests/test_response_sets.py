@@ -9,7 +9,15 @@ import pytest
 from conftest import SHARED_DATA
 
 from rmlab.data.formats import detect_format, to_pair
-from rmlab.data.response_sets import REASONS, SetFormatError, alpacaeval_sets, expand_to_pairs, split_turns, to_response_set
+from rmlab.data.response_sets import (
+    REASONS,
+    SetFormatError,
+    alpacaeval_sets,
+    expand_to_pairs,
+    is_set_row,
+    split_turns,
+    to_response_set,
+)
 
 PROMPT = [{"role": "user", "content": "What is 2 + 2?"}]
 
@@ -188,3 +196,18 @@ def test_pairs_command_writes_every_pair_and_names_a_bad_line(tmp_path):
         handle.write(json.dumps({"prompt": "s", "responses": ["a", "a"], "scores": [1, 0]}) + "\n")
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 1 and result.stderr == f"{sets} line 3: all 2 responses are the same text\n"
+
+
+@pytest.mark.parametrize("row, is_set", [
+    ({"prompt": "q", "responses": ["a", "b"], "scores": [1, 0]}, True),
+    ({"prompt": "q", "responses": ["a", "b"], "ranking": [1, 0]}, True),
+    ({"prompt": "q", "chosen": ["a"], "rejected": ["b", "c"]}, True),
+    ({"prompt": "q", "response": "a", "score": 3}, True),
+    ({"prompt": "q", "chosen": "a", "rejected": "b"}, False),  # prompt_response pair
+    ({"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant: b"}, False),  # hh pair
+    ({"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+      "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]}, False),  # chat pair
+    ("not a row", False),
+])
+def test_set_rows_and_pair_rows_are_told_apart(row, is_set):
+    assert is_set_row(row) == is_set

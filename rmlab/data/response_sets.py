@@ -99,6 +99,17 @@ def detect_set_format(row: Mapping[str, Any], columns: Mapping[str, str | None] 
         f"to one of {SET_FORMATS}"))
 
 
+def is_set_row(row: Any, columns: Mapping[str, str | None] | None = None) -> bool:
+    """Whether a row (the first readable one of a split) is a response set rather than a pair: for
+    data.format=auto, to choose between read_sets and the pair path. The layouts do not overlap: a
+    pair's chosen/rejected are strings or chat-message lists, a set's are lists of strings."""
+    try:
+        detect_set_format(row, set_columns(columns))
+    except (SetFormatError, AttributeError):  # AttributeError: not a mapping
+        return False
+    return True
+
+
 def _is_text_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
