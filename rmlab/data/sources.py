@@ -1,4 +1,5 @@
-"""Where preference pairs come from: local files, the Hugging Face hub, or the built-in generator.
+"""Where preference pairs and response sets come from: local files, the Hugging Face hub, or the
+built-in generators.
 
 A source is a callable returning {"train": Dataset, "val": Dataset | None, "test": Dataset | None};
 a missing split is carved out of train by prompt (`split_of`). `describe(split)` names the origin
@@ -16,7 +17,8 @@ from datasets.exceptions import DatasetGenerationError
 
 from rmlab.data.files import file_kind, read_file_rows
 from rmlab.data.formats import prompt_key
-from rmlab.data.synthetic import generate_pairs
+from rmlab.data.response_sets import SetFormatError, alpacaeval_groups, alpacaeval_set
+from rmlab.data.synthetic import generate_pairs, generate_sets
 from rmlab.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -131,3 +133,84 @@ class Synthetic:
 
     def describe(self, split: str) -> str:
         return f"synthetic[{split}]"
+
+
+class SyntheticSets(Synthetic):
+    """The built-in generator's response sets (rmlab.data.synthetic.generate_sets): per prompt one
+    correct answer and k - 1 flawed ones, gold scores 1 / 0. `length_bias` is P(the correct response
+    is longer than a given flawed one) in train, `eval_length_bias` in val/test; below 0.5 longer
+    responses are more often wrong."""
+
+    def __init__(self, k: int = 4, n_train: int = 1000, n_val: int = 200, n_test: int = 200, seed: int = 0,
+                 length_bias: float = 0.5, eval_length_bias: float = 0.5,
+                 val_fraction: float = 0.1, test_fraction: float = 0.1, **style: float):
+        super().__init__(n_train, n_val, n_test, seed, length_bias, eval_length_bias, val_fraction, test_fraction, **style)
+        self.k = k
+
+    def __call__(self) -> dict[str, Dataset | None]:
+        out = {}
+        for offset, split in enumerate(SPLITS):
+            def in_split(prompt: str, split: str = split) -> bool:
+                return split_of(prompt_key([{"role": "user", "content": prompt}]), *self.fractions) == split
+            rows = generate_sets(self.sizes[split], k=self.k, seed=self.seed * 1000 + offset,
+                                 length_bias=self.length_bias[split], prompt_filter=in_split, **self.style)
+            out[split] = Dataset.from_list(rows)
+        return out
+
+    def describe(self, split: str) -> str:
+        return f"synthetic_sets[{split}]"
+
+
+SET_FEATURES = Features({**RAW_FEATURES, "reason": Value("string")})
+
+
+def _alpacaeval_rows(path: str, judge: str | None):
+    """Response sets of an AlpacaEval pairs file as LocalFiles rows: origin "<file> lines 3, 9, ...",
+    the set as JSON text, or the problem of a line or of a group, and its reason (REASONS)."""
+    pairs = []
+    for row in read_file_rows(path):
+        if row.problem is not None or not isinstance(row.data, dict):
+            problem = row.problem or f"expected an object with named fields, got {type(row.data).__name__}"
+            yield {"origin": f"{path} {row.location}", "raw": json.dumps(row.data, ensure_ascii=False, default=str),
+                   "problem": problem, "reason": "unreadable"}
+            continue
+        missing = [key for key in ("prompt", "judge", "chosen", "rejected", "chosen_model", "rejected_model",
+                                   "judge_confidence") if row.data.get(key) is None]
+        if missing:
+            yield {"origin": f"{path} {row.location}", "raw": json.dumps(row.data, ensure_ascii=False),
+                   "problem": f"not an AlpacaEval pair: missing {missing}", "reason": "missing_column"}
+        elif judge is None or row.data["judge"] == judge:
+            pairs.append({**row.data, "_line": row.location.removeprefix("line ").removeprefix("row ")})
+    for members in alpacaeval_groups(pairs).values():
+        origin = f"{path} lines {', '.join(p['_line'] for p in members)}"
+        try:
+            yield {"origin": origin, "raw": json.dumps(alpacaeval_set(members), ensure_ascii=False), "problem": None, "reason": None}
+        except SetFormatError as err:
+            yield {"origin": origin, "raw": json.dumps(members, ensure_ascii=False), "problem": str(err), "reason": err.reason}
+
+
+class AlpacaEvalSets(LocalFiles):
+    """Response sets grouped on the fly from AlpacaEval pairs files (rmlab.data.response_sets.alpacaeval_set):
+    one set per (prompt, judge), gold score = judged win probability against the reference output.
+    `judge` keeps one judge's sets (the files hold two judges' verdicts on the same outputs); None keeps both.
+    Rows are LocalFiles rows, so a problem names the file and the lines of the set, plus the problem's `reason`."""
+
+    def __init__(self, path: str | None, val_path: str | None = None, test_path: str | None = None, judge: str | None = None):
+        super().__init__(path, val_path, test_path)
+        self.judge = judge
+
+    def __call__(self) -> dict[str, Dataset | None]:
+        out: dict[str, Dataset | None] = {}
+        for split, path in self.paths.items():
+            if path is None:
+                out[split] = None
+                continue
+            file = Path(path).expanduser().resolve()
+            if not file.is_file():
+                raise FileNotFoundError(f"data.source.{'path' if split == 'train' else split + '_path'}={path!r}: no such file ({file})")
+            file_kind(file)
+            rows = list(_alpacaeval_rows(str(path), self.judge))
+            if not rows:
+                raise DataError(f"{path}: no AlpacaEval pairs" + (f" of judge {self.judge!r}" if self.judge else ""))
+            out[split] = Dataset.from_list(rows, features=SET_FEATURES)
+        return out

@@ -12,6 +12,7 @@ and how strongly.
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
@@ -198,6 +199,26 @@ class _Draft(NamedTuple):
     bad: str
     say: tuple[str, ...]  # terse answers
     explain: tuple[str, ...]  # extra sentences for the longer side
+    others: tuple[tuple[str, str], ...] = ()  # more (flaw, flawed answer)s, for response sets
+
+
+def _more_flaws(rng: random.Random, task: str, flawed: Callable[[str], str], good: str, bad: str, count: int,
+                valid: Callable[[str], bool] = lambda answer: True) -> tuple[tuple[str, str], ...]:
+    """`count` more flawed answers to the same prompt, each distinct from the correct one and from
+    each other, drawn after everything a pair draws (so count=0 leaves generate_pairs as it was).
+    Raises ValueError when the prompt has too few distinct flawed answers."""
+    taken, out = {good, bad}, []
+    for _ in range(100 * count):
+        if len(out) == count:
+            break
+        flaw = _pick_flaw(rng, task)
+        answer = flawed(flaw)
+        if answer not in taken and valid(answer):
+            taken.add(answer)
+            out.append((flaw, answer))
+    if len(out) < count:
+        raise ValueError(f"found {len(out)} of {count} more distinct flawed answers to a {task} prompt; use a smaller k")
+    return tuple(out)
 
 
 def _pick_flaw(rng: random.Random, task: str) -> str:
@@ -215,11 +236,23 @@ def _operands(rng: random.Random, op: str) -> tuple[int, int]:
     return x, y
 
 
-def _arithmetic(rng: random.Random) -> _Draft:
+def _arithmetic(rng: random.Random, extra: int = 0) -> _Draft:
     op = rng.choice("+-*")
     x, y = _operands(rng, op)
     result = OPERATIONS[op](x, y)
+
+    def flawed(flaw: str) -> str:
+        return _flawed_arithmetic(rng, flaw, op, x, y, result)
+
     flaw = _pick_flaw(rng, "arithmetic")
+    bad = flawed(flaw)
+    prompt = rng.choice(ARITHMETIC_PROMPTS[op]).format(x=x, y=y)
+    good = f"{x} {op} {y} = {result}"
+    return _Draft("arithmetic", prompt, flaw, good, bad, ARITHMETIC_SAY, ARITHMETIC_EXPLAIN,
+                  _more_flaws(rng, "arithmetic", flawed, good, bad, extra))
+
+
+def _flawed_arithmetic(rng: random.Random, flaw: str, op: str, x: int, y: int, result: int) -> str:
     bad_x, bad_y, bad_op = x, y, op
     if flaw == "misread_operand":
         # Right arithmetic on a number that is not in the question.
@@ -237,30 +270,33 @@ def _arithmetic(rng: random.Random) -> _Draft:
         wrong = result + rng.choice((-1, 1))
     else:
         wrong = rng.choice((result * 10, result + 10, result + rng.randint(3, 9)))
-    prompt = rng.choice(ARITHMETIC_PROMPTS[op]).format(x=x, y=y)
-    return _Draft("arithmetic", prompt, flaw, f"{x} {op} {y} = {result}", f"{bad_x} {bad_op} {bad_y} = {wrong}",
-                  ARITHMETIC_SAY, ARITHMETIC_EXPLAIN)
+    return f"{bad_x} {bad_op} {bad_y} = {wrong}"
 
 
-def _unit_conversion(rng: random.Random) -> _Draft:
+def _unit_conversion(rng: random.Random, extra: int = 0) -> _Draft:
     big, small, factor = rng.choice(CONVERSIONS)
     value = rng.randint(2, 250)
+
+    def flawed(flaw: str) -> str:
+        bad_value, bad_small, bad_factor = value, small, factor
+        if flaw == "wrong_unit":
+            bad_small = rng.choice([u for u in UNITS if u not in (big, small)])
+        elif flaw == "wrong_quantity":
+            while bad_value in (value, value * factor):
+                bad_value = rng.randint(2, 250)
+        else:
+            bad_factor = rng.choice([f for f in WRONG_FACTORS + (factor * 10,) if f != factor])
+        return f"{bad_value} {big} = {bad_value * bad_factor} {bad_small}"
+
     flaw = _pick_flaw(rng, "unit_conversion")
-    bad_value, bad_small, bad_factor = value, small, factor
-    if flaw == "wrong_unit":
-        bad_small = rng.choice([u for u in UNITS if u not in (big, small)])
-    elif flaw == "wrong_quantity":
-        while bad_value in (value, value * factor):
-            bad_value = rng.randint(2, 250)
-    else:
-        bad_factor = rng.choice([f for f in WRONG_FACTORS + (factor * 10,) if f != factor])
+    bad = flawed(flaw)
     prompt = rng.choice(CONVERSION_PROMPTS).format(v=value, big=big, small=small)
     good = f"{value} {big} = {value * factor} {small}"
-    bad = f"{bad_value} {big} = {bad_value * bad_factor} {bad_small}"
-    return _Draft("unit_conversion", prompt, flaw, good, bad, CONVERSION_SAY, CONVERSION_EXPLAIN)
+    return _Draft("unit_conversion", prompt, flaw, good, bad, CONVERSION_SAY, CONVERSION_EXPLAIN,
+                  _more_flaws(rng, "unit_conversion", flawed, good, bad, extra))
 
 
-def _sorting(rng: random.Random) -> _Draft:
+def _sorting(rng: random.Random, extra: int = 0) -> _Draft:
     template, numeric, descending = rng.choice(SORT_PROMPTS)
     size = rng.randint(3, 6)  # short lists keep a foreign or missing item easy to spot
     pool = range(1, 100) if numeric else WORDS
@@ -269,24 +305,29 @@ def _sorting(rng: random.Random) -> _Draft:
     # An already sorted prompt would make the restated question contain the answer.
     while items == ordered or items == ordered[::-1]:
         rng.shuffle(items)
+
+    def flawed(flaw: str) -> str:
+        wrong = list(ordered)
+        if flaw == "foreign_element":
+            wrong[rng.randrange(size)] = rng.choice([item for item in pool if item not in items])
+            wrong.sort(reverse=descending)
+        elif flaw == "missing_element":
+            del wrong[rng.randrange(size)]
+        elif flaw == "unsorted":
+            wrong = list(items)
+        else:
+            i = rng.randrange(size - 1)
+            wrong[i], wrong[i + 1] = wrong[i + 1], wrong[i]
+        return ", ".join(map(str, wrong))
+
     flaw = _pick_flaw(rng, "sorting")
-    wrong = list(ordered)
-    if flaw == "foreign_element":
-        wrong[rng.randrange(size)] = rng.choice([item for item in pool if item not in items])
-        wrong.sort(reverse=descending)
-    elif flaw == "missing_element":
-        del wrong[rng.randrange(size)]
-    elif flaw == "unsorted":
-        wrong = list(items)
-    else:
-        i = rng.randrange(size - 1)
-        wrong[i], wrong[i + 1] = wrong[i + 1], wrong[i]
-    good, bad = ", ".join(map(str, ordered)), ", ".join(map(str, wrong))
+    good, bad = ", ".join(map(str, ordered)), flawed(flaw)
     # "2, 30, 40" hides inside "12, 30, 40": redraw rather than let a wrong answer contain the right one.
     if good in bad:
-        return _sorting(rng)
+        return _sorting(rng, extra)
     prompt = template.format(items=", ".join(map(str, items)))
-    return _Draft("sorting", prompt, flaw, good, bad, SORT_SAY, SORT_EXPLAIN)
+    return _Draft("sorting", prompt, flaw, good, bad, SORT_SAY, SORT_EXPLAIN,
+                  _more_flaws(rng, "sorting", flawed, good, bad, extra, valid=lambda answer: good not in answer))
 
 
 def _noun_phrase(rng: random.Random) -> list[str]:
@@ -302,7 +343,7 @@ def _counted(unit: str, words: list[str], separator: str) -> str:
     return f'{_count(unit, words)} {unit} in "{separator.join(words)}"'
 
 
-def _counting(rng: random.Random) -> _Draft:
+def _counting(rng: random.Random, extra: int = 0) -> _Draft:
     if rng.random() < 0.5:
         unit, separator = rng.choice(("words", "letters")), " "
         words = _noun_phrase(rng) + [rng.choice(COUNT_VERBS)] + _noun_phrase(rng)
@@ -315,45 +356,53 @@ def _counting(rng: random.Random) -> _Draft:
         prompt = rng.choice(COUNT_LIST_PROMPTS).format(s=", ".join(words))
         extras = [w for w in WORDS if w not in words]
     count = _count(unit, words)
-    flaw = _pick_flaw(rng, "counting")
-    if flaw == "wrong_list":
-        # An honest count of a list that is not the one given: a word dropped or one added.
-        wrong_words = list(words)
-        if rng.random() < 0.5:
-            del wrong_words[rng.randrange(len(words))]
-        else:
-            wrong_words.insert(rng.randrange(len(words) + 1), rng.choice(extras))
-        bad = _counted(unit, wrong_words, separator)
-    elif flaw == "wrong_thing":
-        # An honest count of something else: letters for words or items, words for letters.
-        bad = _counted("words" if unit == "letters" else "letters", words, separator)
-    else:
+
+    def flawed(flaw: str) -> str:
+        if flaw == "wrong_list":
+            # An honest count of a list that is not the one given: a word dropped or one added.
+            wrong_words = list(words)
+            if rng.random() < 0.5:
+                del wrong_words[rng.randrange(len(words))]
+            else:
+                wrong_words.insert(rng.randrange(len(words) + 1), rng.choice(extras))
+            return _counted(unit, wrong_words, separator)
+        if flaw == "wrong_thing":
+            # An honest count of something else: letters for words or items, words for letters.
+            return _counted("words" if unit == "letters" else "letters", words, separator)
         if flaw == "off_by_one":
             wrong = count + rng.choice((-1, 1))
         else:
             wrong = count + rng.choice((-1, 1)) * rng.randint(2, 4)
             wrong = wrong if wrong > 0 else count + 2
-        bad = f'{wrong} {unit} in "{separator.join(words)}"'
-    return _Draft("counting", prompt, flaw, _counted(unit, words, separator), bad, COUNT_SAY, COUNT_EXPLAIN)
+        return f'{wrong} {unit} in "{separator.join(words)}"'
+
+    flaw = _pick_flaw(rng, "counting")
+    good, bad = _counted(unit, words, separator), flawed(flaw)
+    return _Draft("counting", prompt, flaw, good, bad, COUNT_SAY, COUNT_EXPLAIN,
+                  _more_flaws(rng, "counting", flawed, good, bad, extra))
 
 
-def _facts(rng: random.Random) -> _Draft:
+def _facts(rng: random.Random, extra: int = 0) -> _Draft:
     table = FACT_TABLES[rng.choice(list(FACT_TABLES))]
     key, value = rng.choice(list(table.facts.items()))
-    flaw = _pick_flaw(rng, "facts")
-    if flaw == "wrong_fact":
-        pool = [v for v in table.facts.values() if v != value]
-    else:
+
+    def flawed(flaw: str) -> str:
+        if flaw == "wrong_fact":
+            return rng.choice([v for v in table.facts.values() if v != value])
         # An answer from another table: clearly mismatched, so a small encoder can learn it.
-        pool = [v for t in FACT_TABLES.values() if t is not table for v in t.facts.values() if v != value]
+        return rng.choice([v for t in FACT_TABLES.values() if t is not table for v in t.facts.values() if v != value])
+
+    flaw = _pick_flaw(rng, "facts")
     answer = table.answer.format(k=key, a="{a}")
     answer = answer[0].upper() + answer[1:]
     prompt = rng.choice(table.questions).format(k=key)
+    bad = flawed(flaw)
     say = ("{a}", "{a}.", answer)
-    return _Draft("facts", prompt, flaw, value, rng.choice(pool), say, (answer,) + FACT_EXPLAIN)
+    return _Draft("facts", prompt, flaw, value, bad, say, (answer,) + FACT_EXPLAIN,
+                  _more_flaws(rng, "facts", flawed, value, bad, extra))
 
 
-TASK_BUILDERS: dict[str, Callable[[random.Random], _Draft]] = {
+TASK_BUILDERS: dict[str, Callable[..., _Draft]] = {  # (rng, extra=0) -> a draft with `extra` more flawed answers
     "arithmetic": _arithmetic, "unit_conversion": _unit_conversion, "sorting": _sorting,
     "counting": _counting, "facts": _facts,
 }
@@ -505,3 +554,87 @@ def generate_pairs(
             pairs.append(_style_pair(rng, draft, length_bias, verbosity,
                                      format_rate, format_bias, polite_rate, polite_bias))
     return pairs
+
+
+def _correct_rate(rate: float, bias: float) -> float:
+    """P(the correct response is decorated) such that, in each (correct, flawed) pair of a set where
+    exactly one response is decorated, the decorated one is the correct one with P=bias (flawed ones
+    are decorated at `rate`): the artifact generate_pairs plants, pair by pair."""
+    if rate in (0.0, 1.0):
+        return rate
+    return bias * rate / (bias * rate + (1 - bias) * (1 - rate))
+
+
+def _style_set(rng: random.Random, draft: _Draft, length_bias: float, verbosity: float,
+               format_rate: float, format_bias: float, polite_rate: float, polite_bias: float) -> dict:
+    answers = [("", draft.good), (draft.flaw, draft.bad), *draft.others]  # the correct answer first
+    responses = [_Response(answer, [rng.choice(draft.say)]) for _, answer in answers]
+    formatted, polite = [], []
+    for i, response in enumerate(responses):
+        formatted.append(rng.random() < (_correct_rate(format_rate, format_bias) if i == 0 else format_rate))
+        polite.append(rng.random() < (_correct_rate(polite_rate, polite_bias) if i == 0 else polite_rate))
+        _decorate(rng, response, formatted[i], polite[i])
+    # Each flawed response is shorter than the correct one with P=length_bias, independently; then
+    # every response but the shortest is lengthened until it beats the one before it.
+    shorter = [i for i in range(1, len(responses)) if rng.random() < length_bias]
+    longer = [i for i in range(1, len(responses)) if i not in shorter]
+    rng.shuffle(shorter)
+    rng.shuffle(longer)
+    order = [*shorter, 0, *longer]
+    for previous, current in itertools.pairwise(order):
+        _lengthen(rng, draft, responses[current], verbosity, beat=len(responses[previous].render()))
+    places = list(range(len(responses)))  # where each response goes in the set: the correct one anywhere
+    rng.shuffle(places)
+    at = sorted(range(len(responses)), key=places.__getitem__)
+    texts = [responses[i].render() for i in at]
+    return {
+        "prompt": draft.prompt, "responses": texts, "scores": [float(i == 0) for i in at],
+        "task": draft.task, "flaws": [answers[i][0] for i in at], "correct_index": places[0],
+        "correct_longest": max(range(len(texts)), key=lambda j: len(texts[j])) == places[0],
+        "formatted": [formatted[i] for i in at], "polite": [polite[i] for i in at], "chars": [len(t) for t in texts],
+    }
+
+
+def generate_sets(
+    n: int,
+    k: int = 4,
+    seed: int = 0,
+    length_bias: float = 0.5,
+    verbosity: float = 1.0,
+    format_rate: float = 0.3,
+    format_bias: float = 0.5,
+    polite_rate: float = 0.3,
+    polite_bias: float = 0.5,
+    tasks: Sequence[str] | None = None,
+    prompt_filter: Callable[[str], bool] | None = None,
+) -> list[dict]:
+    """Generate `n` response sets: per prompt, one correct answer and k - 1 distinct flawed ones (the
+    pair generator's drafts, with more flaws drawn), in random order, with planted style artifacts.
+
+    Each set is {prompt, responses, scores, task, flaws, correct_index, correct_longest, formatted,
+    polite, chars}: `scores` is the known gold grade (1.0 correct, 0.0 flawed), `flaws` names each
+    response's flaw ("" for the correct one), the last three are per response.
+    The knobs keep generate_pairs' meaning, pair by pair: length_bias is P(the correct response is
+    longer than a given flawed one), so length_bias < 0.5 plants "longer responses are more often
+    wrong"; when exactly one of a (correct, flawed) pair is decorated, it is the correct one with
+    P=format_bias / polite_bias. Same arguments, same sets. Raises ValueError for a bad argument, or a
+    k larger than a prompt has distinct flawed answers.
+    """
+    names = _check_args(n, verbosity, {
+        "length_bias": length_bias, "format_rate": format_rate, "format_bias": format_bias,
+        "polite_rate": polite_rate, "polite_bias": polite_bias,
+    }, tasks)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ValueError(f"k must be an integer >= 2 (responses per prompt), got {k!r}")
+    rng = random.Random(seed)
+    sets: list[dict] = []
+    for _ in range(1000 * n):
+        if len(sets) == n:
+            return sets
+        draft = TASK_BUILDERS[rng.choice(names)](rng, k - 2)
+        if prompt_filter is None or prompt_filter(draft.prompt):
+            sets.append(_style_set(rng, draft, length_bias, verbosity, format_rate, format_bias, polite_rate, polite_bias))
+    if len(sets) == n:
+        return sets
+    raise ValueError(f"prompt_filter accepted only {len(sets)} of {n} sets in {1000 * n} draws; "
+                     f"it rejects nearly every prompt of tasks {list(names)}")
