@@ -30,12 +30,12 @@ from scipy import stats
 
 from rmlab import strict_json
 from rmlab.config import CONFIG_DIR
-from rmlab.data.files import read_file_rows
-from rmlab.data.formats import PairFormatError
-from rmlab.data.response_sets import to_response_set
+from rmlab.data.formats import template_messages
+from rmlab.data.set_reader import read_sets
+from rmlab.data.sources import LocalFiles
 from rmlab.diagnostics import bon
 from rmlab.diagnostics.sets import longest_pick_rates, random_baseline, set_metrics
-from rmlab.errors import DataError
+from rmlab.errors import ConfigError
 from rmlab.export import encoder
 from rmlab.launch import short_user_errors
 from rmlab.model.ensemble import aggregate
@@ -44,28 +44,27 @@ from rmlab.score import Scorer, score_sequences, write_rows
 log = logging.getLogger(__name__)
 
 
-def read_sets(path: str, columns: dict, score_key: str | None, score_weights: dict | None,
-              on_bad_row: str) -> tuple[list[dict], list[dict]]:
-    """The response sets of a file, and the rows skipped (on_bad_row=skip: location and problem).
-    Raises DataError naming the file, line and problem for a bad row with on_bad_row=error."""
-    if on_bad_row not in ("error", "skip"):
-        raise ValueError(f"data.on_bad_row={on_bad_row!r}; choose error or skip")
-    sets, skipped = [], []
-    for row in read_file_rows(path):
-        try:
-            if row.problem:
-                raise PairFormatError(row.problem)
-            sets.append({**to_response_set(row.data, columns, score_key, score_weights), "origin": f"{path} {row.location}"})
-        except PairFormatError as err:
-            if on_bad_row == "error":
-                raise DataError(f"{path} {row.location}: {err} (data.on_bad_row=skip skips such rows, counted)") from None
-            skipped.append({"origin": f"{path} {row.location}", "problem": str(err)})
-    if skipped:
-        log.warning("%s: skipped %d bad rows (data.on_bad_row=skip); first: %s: %s", path, len(skipped),
-                    skipped[0]["origin"], skipped[0]["problem"])
-    if not sets:
-        raise DataError(f"{path}: no response sets")
-    return sets, skipped
+def load_sets(data: DictConfig) -> tuple[list[dict], dict]:
+    """The response sets to audit and the reader's stats: a file (`data.path`, read whole) or a split
+    (`data.split`) of a source (`data=alpacaeval_sets`, `data=synthetic_sets`, a hub config), read by
+    rmlab.data.set_reader.read_sets with every bad-row rule (data.on_bad_row). Raises DataError for
+    a bad row under on_bad_row=error, ConfigError when neither a path nor a source is given."""
+    if data.get("path"):
+        raw, origin, split = LocalFiles(None, test_path=data.path)()["test"], str(data.path), "test"
+    elif data.get("source"):
+        source, split = instantiate(data.source), data.get("split", "test")
+        raw, origin = source()[split], source.describe(split)
+        if raw is None:
+            raise ConfigError(f"data.source has no {split} split; choose another with data.split=...")
+    else:
+        raise ConfigError("say which response sets to audit: data.path=<sets file>, or data=<a response-set config> "
+                          "such as data=alpacaeval_sets or data=synthetic_sets")
+    options = OmegaConf.to_container(data, resolve=True)
+    read = read_sets(raw, origin, split, options.get("format") or "auto", options.get("columns"), options.get("score_key"),
+                     options.get("score_weights"), options.get("on_bad_row") or "error", options.get("turn_markers"))
+    sets = [{"prompt": template_messages(row["prompt"]), "responses": row["responses"], "scores": row["scores"],
+             "origin": row["origin"]} for row in read.sets]
+    return sets, read.stats
 
 
 def score_sets(model_path: str, sets: list[dict], cfg: DictConfig) -> list[list[float]]:
@@ -108,9 +107,8 @@ def uncertainty(members: list[list[list[float]]], gold: list[list[float]]) -> di
 def audit(cfg: DictConfig) -> dict[str, Any]:
     """Run the audit of cfg.ckpt on cfg.data.path; write the reports into the run dir; return report.json's content."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    columns = OmegaConf.to_container(cfg.data.columns)
-    weights = OmegaConf.to_container(cfg.data.score_weights) if cfg.data.score_weights else None
-    sets, skipped = read_sets(cfg.data.path, columns, cfg.data.score_key, weights, cfg.data.on_bad_row)
+    sets, read_stats = load_sets(cfg.data)
+    where = cfg.data.get("path") or f"{cfg.data.source._target_.rsplit('.', 1)[-1]}[{cfg.data.get('split', 'test')}]"
     checkpoints = [cfg.ckpt] if isinstance(cfg.ckpt, str) else list(cfg.ckpt)
     members = [score_sets(path, sets, cfg) for path in checkpoints]
     gold = [s["scores"] for s in sets] if cfg.gold == "data" else score_sets(cfg.gold, sets, cfg)
@@ -120,7 +118,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     curves = bon.bon_audit(proxies, gold, lengths, cfg.bon.max_n, cfg.bon.drop_tolerance)
     main_proxy = "proxy" if "proxy" in proxies else "mean"
     report = {
-        "ckpt": checkpoints, "gold": cfg.gold, "data": cfg.data.path, "sets": len(sets), "skipped_rows": len(skipped),
+        "ckpt": checkpoints, "gold": cfg.gold, "data": where, "read": read_stats,
         "responses": sum(len(s["responses"]) for s in sets), "best_of_n": curves,
         "set_metrics": {**{name: set_metrics(p, gold) for name, p in proxies.items()},
                         "longest": set_metrics(lengths, gold), "random": random_baseline(gold)},
@@ -131,7 +129,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
         report["uncertainty"] = uncertainty(members, gold)
     for row in report["overrated"]:
         row["origin"] = sets[row["set"]]["origin"]
-    title = f"Best-of-N audit: {', '.join(checkpoints)} on {cfg.data.path} (gold: {cfg.gold})"
+    title = f"Best-of-N audit: {', '.join(checkpoints)} on {where} (gold: {cfg.gold})"
     write(run_dir, report, sets, proxies, gold, title)
     log_wandb(cfg, report, title)
     return report
@@ -160,7 +158,7 @@ def write(run_dir: Path, report: dict, sets: list[dict], proxies: dict, gold: li
     bon.plot(report["best_of_n"], str(run_dir / "bon.png"), title)
     write_rows(str(run_dir / "rewards.jsonl"), [
         {"origin": s["origin"], "gold": gold[i], **{name: p[i] for name, p in proxies.items()}} for i, s in enumerate(sets)])
-    log.info("best-of-N audit of %d sets: %s; report: %s", report["sets"], {
+    log.info("best-of-N audit of %d sets: %s; report: %s", report["read"]["sets"], {
         name: f"peak at N={s['peak_n']}, gap to gold {s['gap_to_gold_at_max_n']:.3f}" + (" (TURNS DOWN)" if s["turns_down"] else "")
         for name, s in report["best_of_n"]["summary"].items()}, run_dir / "report.md")
 
