@@ -62,6 +62,40 @@ def test_every_config_option_has_its_line_in_configuration_md():
             f"conf/{group.name}/: options {sorted(options)}, docs/configuration.md lists {sorted(documented)}")
 
 
+def same_value(text: str, value) -> bool:
+    """Does a default as the docs write it (YAML-style: null, true, 5e-5, cosine) equal the config's value?"""
+    if value is None or isinstance(value, bool):
+        return text == {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, (int, float)):
+        return float(text) == value
+    return text == str(value)
+
+
+def test_the_useful_keys_of_configuration_md_exist_with_the_defaults_it_states(tmp_path):
+    """Each key of the "Useful keys" table is in the composed train config; where the table gives plain
+    defaults (one per key, no remark in parentheses), they are the config's."""
+    from omegaconf import OmegaConf
+
+    from conftest import compose_train
+
+    cfg = compose_train([], tmp_path / "run")
+    rows = [line for line in section((DOCS / "configuration.md").read_text(), "## Useful keys").splitlines()
+            if line.startswith("| `")]
+    assert len(rows) >= 15
+    wrong = []
+    for row in rows:
+        first, defaults = (cell.strip() for cell in re.split(r"(?<!\\)\|", row)[1:3])
+        keys = [k for k in re.findall(r"`([^`]+)`", first.split("(")[0])]  # keys in parentheses are sub-keys of the first
+        values = [OmegaConf.select(cfg, key, default="<absent>") for key in keys]
+        wrong += [f"{key}: not in the config" for key, value in zip(keys, values) if value == "<absent>"]
+        stated = defaults.split(", ")
+        if "(" not in defaults and len(stated) == len(keys):
+            for key, value, text in zip(keys, values, stated):
+                if value != "<absent>" and " " not in text and not same_value(text, value):  # "per model file" is a remark, not a value
+                    wrong.append(f"{key}: docs say {text}, the config has {value!r}")
+    assert not wrong, "docs/configuration.md, Useful keys:\n" + "\n".join(wrong)
+
+
 # -- probes and patterns ------------------------------------------------------------------------------
 def test_every_probe_has_its_line_in_diagnostics_md():
     from rmlab.diagnostics.probes import PROBES
