@@ -18,7 +18,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted({*ROOT.glob("*.md"), *DOCS.rglob("*.md")})
-FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.S | re.M)
+FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.DOTALL | re.MULTILINE)
 
 
 def prose(text: str) -> str:
@@ -31,7 +31,7 @@ def section(text: str, heading: str) -> str:
     text = prose(text)
     level = len(heading) - len(heading.lstrip("#"))
     start = text.index(heading + "\n")
-    end = re.compile(rf"^#{{1,{level}}} ", re.M).search(text, start + len(heading) + 1)
+    end = re.compile(rf"^#{{1,{level}}} ", re.MULTILINE).search(text, start + len(heading) + 1)
     return text[start + len(heading) + 1:end.start() if end else len(text)]
 
 
@@ -74,9 +74,8 @@ def same_value(text: str, value) -> bool:
 def test_the_useful_keys_of_configuration_md_exist_with_the_defaults_it_states(tmp_path):
     """Each key of the "Useful keys" table is in the composed train config; where the table gives plain
     defaults (one per key, no remark in parentheses), they are the config's."""
-    from omegaconf import OmegaConf
-
     from conftest import compose_train
+    from omegaconf import OmegaConf
 
     cfg = compose_train([], tmp_path / "run")
     rows = [line for line in section((DOCS / "configuration.md").read_text(), "## Useful keys").splitlines()
@@ -270,7 +269,7 @@ def test_every_file_and_function_the_docs_name_exists():
             source = (ROOT / path).read_text() if (ROOT / path).is_file() else None
             for name in re.split(r"\s*/\s*", names):
                 defined = source is not None and all(
-                    re.search(rf"^\s*(def|class) {re.escape(part)}\b|^{re.escape(part)}\b.*=", source, re.M)
+                    re.search(rf"^\s*(def|class) {re.escape(part)}\b|^{re.escape(part)}\b.*=", source, re.MULTILINE)
                     for part in name.split("."))
                 if not defined:
                     missing.append(f"{page.relative_to(ROOT)}: {path}:{name}")
@@ -289,7 +288,7 @@ def slug(heading: str) -> str:
 def anchors(page: Path) -> set[str]:
     seen: dict[str, int] = {}
     out = set()
-    for heading in re.findall(r"^#{1,6} (.+)$", prose(page.read_text()), re.M):
+    for heading in re.findall(r"^#{1,6} (.+)$", prose(page.read_text()), re.MULTILINE):
         base = slug(heading)
         out.add(base if base not in seen else f"{base}-{seen[base]}")
         seen[base] = seen.get(base, 0) + 1
