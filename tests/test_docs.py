@@ -84,7 +84,7 @@ def test_the_useful_keys_of_configuration_md_exist_with_the_defaults_it_states(t
     wrong = []
     for row in rows:
         first, defaults = (cell.strip() for cell in re.split(r"(?<!\\)\|", row)[1:3])
-        keys = [k for k in re.findall(r"`([^`]+)`", first.split("(")[0])]  # keys in parentheses are sub-keys of the first
+        keys = re.findall(r"`([^`]+)`", first.split("(")[0])  # keys in parentheses are sub-keys of the first
         values = [OmegaConf.select(cfg, key, default="<absent>") for key in keys]
         wrong += [f"{key}: not in the config" for key, value in zip(keys, values) if value == "<absent>"]
         stated = defaults.split(", ")
@@ -142,13 +142,11 @@ def literal_keys_in_code() -> set[str]:
     `test/...`, `data/...`); f-strings are covered by the tests that run the code that formats them."""
     keys = set()
     for file in (ROOT / "rmlab").rglob("*.py"):
-        for node in ast.walk(ast.parse(file.read_text())):
-            if isinstance(node, ast.JoinedStr):  # an f-string's literal parts are Constants too: skip them
-                for value in node.values:
-                    value._in_fstring = True
-            elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and not getattr(node, "_in_fstring", False)
-                  and re.fullmatch(r"(train|val|test|data)/[a-z0-9_/]+", node.value)):
-                keys.add(node.value)
+        nodes = list(ast.walk(ast.parse(file.read_text())))
+        # an f-string's literal parts are Constants too ("/acc" of f"{stage}/acc"): not keys
+        fstring_parts = {id(part) for node in nodes if isinstance(node, ast.JoinedStr) for part in node.values}
+        keys |= {node.value for node in nodes if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                 and id(node) not in fstring_parts and re.fullmatch(r"(train|val|test|data)/[a-z0-9_/]+", node.value)}
     return keys
 
 
@@ -229,7 +227,7 @@ def logged_keys(run_dir: Path) -> set[str]:
     for csv in run_dir.glob("csv/**/metrics.csv"):
         keys |= set(csv.read_text().splitlines()[0].split(","))
     for wandb_file in run_dir.glob("wandb/offline-run-*/run-*.wandb"):
-        from tests.wandb_offline import records
+        from wandb_offline import records
 
         for record in records(wandb_file):
             if record.HasField("history"):
