@@ -253,6 +253,27 @@ def test_every_key_a_training_run_logged_is_documented(run_dir):
     assert undocumented(keys) == [], "add these keys to docs/metrics.md"
 
 
+def test_every_module_is_on_the_module_map():
+    """docs/architecture.md's module map names every module of rmlab/: top-level ones by path, the
+    others by file name on their package's lines."""
+    page = (DOCS / "architecture.md").read_text()
+    module_map = page[page.index("## Module map"):]
+    missing = []
+    for file in sorted((ROOT / "rmlab").rglob("*.py")):
+        relative = file.relative_to(ROOT)
+        if file.name == "__init__.py":
+            continue
+        if len(relative.parts) == 2:
+            found = str(relative) in module_map
+        else:  # rmlab/<package>/<name>.py: its name after the package's first line
+            start = module_map.find(f"\n{relative.parent}/")
+            lines = module_map[start + 1:].split("\nrmlab/", 1)[0] if start >= 0 else ""
+            found = re.search(rf"(?<![\w/]){re.escape(file.name)}", lines) is not None
+        if not found:
+            missing.append(str(relative))
+    assert not missing, "add to the module map of docs/architecture.md: " + ", ".join(missing)
+
+
 # -- references and links -----------------------------------------------------------------------------
 NOT_IN_THE_REPO = {"rmlab/conf"}  # where a wheel installs conf/
 
