@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/gpu_check.sh — the GPU check in one command (conf/gpu_check.yaml; README "Performance"):
+# scripts/gpu_check.sh — the GPU check in one command (conf/gpu_check.yaml; docs/performance.md):
 # environment + matmul peaks, Qwen2.5-0.5B (random weights) training speed with sdpa, flash-attention,
 # gradient checkpointing and FSDP, SmolLM2 + MiniLM train -> export -> score on the GPU vs the CPU.
 # Budgeted to finish in under 8 minutes on one H100/H200, offline; each step is killed past its budget

@@ -1,5 +1,5 @@
 """Prepare .gpu_check/: what an offline GPU machine with torch, lightning and transformers but not rmlab's
-other dependencies needs to run scripts/gpu_check.sh (README "GPU check").
+other dependencies needs to run scripts/gpu_check.sh (docs/performance.md, "GPU check").
 
 Run here, with pip and the registry:
 
