@@ -123,3 +123,13 @@ def matmul_peak_flops(device: str = "cpu", dtype_name: str = "float32", fresh: b
     if key not in _PEAKS or fresh:
         _PEAKS[key] = _measure_matmul_peak(device, dtype_name)
     return _PEAKS[key]
+
+
+def best_precision(accelerator: str) -> str:
+    """`precision: auto`: bf16 autocast on GPUs that have it (fp16 on older ones); on CPU, bf16
+    autocast only where this CPU's bf16 matmul beats fp32 (measured once, cached)."""
+    import torch
+
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_bf16_speedup() > 1.2 else "32-true"

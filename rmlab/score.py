@@ -29,9 +29,8 @@ from rmlab.data.collate import PairCollator
 from rmlab.data.files import read_file_rows
 from rmlab.data.formats import FORMATS, PairFormatError, detect_format, to_pair
 from rmlab.errors import DataError
-from rmlab.evaluate import load_checkpoint, load_reward_model
-from rmlab.export import check_sequence_end, encoder, rmlab_tokenizer
 from rmlab.launch import short_user_errors
+from rmlab.trained import check_sequence_end, encoder, load_checkpoint, load_reward_model, rmlab_tokenizer
 
 log = logging.getLogger(__name__)
 SINGLE = "single"  # one (prompt, response) per row

@@ -20,22 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from rmlab import strict_json
 from rmlab.config import CONFIG_DIR
 from rmlab.console import FILE_ONLY, end_summary, quiet_libraries
-from rmlab.hardware import cpu_bf16_speedup
 from rmlab.throughput import KEYS as THROUGHPUT_KEYS
-from rmlab.launch import (check_launch, check_shared_run_dir, resume_checkpoint, resumed_logger_settings, short_user_errors,
-                          start_logger)
+from rmlab.hardware import best_precision
+from rmlab.launch import (check_launch, check_shared_run_dir, name_sweep_run, resume_checkpoint, resumed_logger_settings,
+                          short_user_errors, start_logger)
 from rmlab.preflight import check_config, check_disk_space, check_split_sizes
-from rmlab.sweep import name_sweep_run
 
 log = logging.getLogger(__name__)
-
-
-def best_precision(accelerator: str) -> str:
-    """`precision: auto`: bf16 autocast on GPUs that have it (fp16 on older ones); on CPU, bf16
-    autocast only where this CPU's bf16 matmul beats fp32 (measured once, cached)."""
-    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_bf16_speedup() > 1.2 else "32-true"
 
 
 def train(cfg: DictConfig) -> dict:

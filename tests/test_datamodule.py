@@ -219,7 +219,7 @@ def test_real_hh_rlhf_file_loads_without_loss(shared_data):
 
 def test_special_token_frame_of_an_encoder_and_a_decoder():
     from rmlab.data.tokenize import special_token_frame
-    from rmlab.model.backbone import load_tokenizer
+    from rmlab.hub import load_tokenizer
 
     assert special_token_frame(load_tokenizer(**MINILM)) == ([101], [102], [102])  # [CLS] p [SEP] r [SEP]
     assert special_token_frame(load_tokenizer(**SMOLLM2)) == ([], [], [])

@@ -21,7 +21,7 @@ from rmlab.data.sources import LocalFiles
 from rmlab.data.tokenize import render, tokenize_pair
 from rmlab.errors import ConfigError, DataError, NonFiniteError
 from rmlab.evaluate import data_config
-from rmlab.model.backbone import load_tokenizer
+from rmlab.hub import load_tokenizer
 from rmlab.model.pooling import LastTokenPooling, MeanPooling
 from rmlab.strict_json import dumps
 from rmlab.train import train

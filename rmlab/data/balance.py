@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 from datasets import Dataset
 
-from rmlab.diagnostics.patterns import PATTERNS
+from rmlab.text.patterns import PATTERNS
 from rmlab.errors import ConfigError
 
 BALANCE_METHODS = ("none", "reweight", "resample")

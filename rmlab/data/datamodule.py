@@ -28,7 +28,7 @@ from rmlab.data.samplers import LengthSortedSampler, ResumableSampler
 from rmlab.data.sources import SPLITS, LocalFiles, split_of
 from rmlab.data.tokenize import check_chat_template, special_token_frame, tokenize_pair, use_chat_template
 from rmlab.errors import ConfigError, DataError
-from rmlab.model.backbone import is_causal_decoder, load_config, load_tokenizer
+from rmlab.hub import is_causal_decoder, load_config, load_tokenizer
 
 log = logging.getLogger(__name__)
 BAD_ROW_POLICIES = ("error", "skip")

@@ -14,7 +14,8 @@ from torch import nn
 
 from rmlab.data.collate import packed_attention, sequence_masks
 from rmlab.errors import ConfigError, NonFiniteError
-from rmlab.model.backbone import apply_lora, is_causal_decoder, load_backbone
+from rmlab.model.backbone import apply_lora, load_backbone
+from rmlab.hub import is_causal_decoder
 
 log = logging.getLogger(__name__)
 NONFINITE_POLICIES = ("stop", "skip")
