@@ -63,7 +63,8 @@ def evaluate(cfg: DictConfig) -> dict:
         precision = best_precision(str(cfg.trainer.accelerator))
     log.info("evaluating in precision %s%s", precision, "" if precision in ("32-true", "32", "64-true") else
              " (faster; rewards differ from the fp32 rewards of an export by rounding, so near-tie pairs can flip)")
-    diagnostics = instantiate(cfg.diagnostics, report_title=f"Bias report: {cfg.ckpt} on {split} data (precision {precision})")
+    diagnostics = instantiate(cfg.diagnostics, report_title=f"Bias report: {cfg.ckpt} on {split} data (precision {precision})",
+                              augment=OmegaConf.to_container(run_cfg.data, resolve=True).get("augment"))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, precision=precision,
                         logger=logger, callbacks=[diagnostics], enable_checkpointing=False, default_root_dir=run_dir)

@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from rmlab import strict_json
+from rmlab.checkpoint import RunRecord
 from rmlab.config import CONFIG_DIR
 from rmlab.console import FILE_ONLY, end_summary, quiet_libraries
 from rmlab.throughput import KEYS as THROUGHPUT_KEYS
@@ -42,16 +43,16 @@ def train(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
     check_disk_space(cfg, model)  # its checkpoints, from the model's size
+    resolved = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
-    if cfg.get("diagnostics"):
-        callbacks.append(instantiate(cfg.diagnostics))
+    callbacks.append(RunRecord(resolved))  # the config and rmlab's version, stored in every checkpoint
+    if cfg.get("diagnostics"):  # the probes of the kinds data.augment trains on are reported apart
+        callbacks.append(instantiate(cfg.diagnostics, augment=resolved["data"].get("augment")))
     name_sweep_run(cfg)  # multirun: W&B group = sweep dir, run name = overrides
     resume_from = resume_checkpoint(cfg, run_dir)
     logger_settings = resumed_logger_settings(cfg, run_dir) if resume_from and cfg.get("logger") else {}
     logger = start_logger(cfg.logger, logger_settings) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    model.run_config = resolved  # stored in every checkpoint (see RewardModel.on_save_checkpoint)
     try:
         datamodule.setup("fit")
         data_stats = {f"data/{split}/{k}": v for split, s in datamodule.stats.items() for k, v in s.items()}

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
+from rmlab.checkpoint import written_before
 from rmlab.config import config_nodes
 from rmlab.data.tokenize import special_token_frame, tokenize_pair, use_chat_template
 from rmlab.errors import ConfigError
@@ -50,7 +51,6 @@ def load_reward_model(checkpoint: dict) -> tuple[RewardModel, DictConfig]:
     run_cfg = OmegaConf.create(checkpoint["rmlab_config"])
     model = instantiate(run_cfg.model)
     model.load_state_dict(checkpoint["state_dict"])
-    model.run_config = checkpoint["rmlab_config"]  # what it was trained on (e.g. which probes data.augment used)
     return model.eval(), run_cfg
 
 
@@ -85,7 +85,8 @@ def encoder(tokenizer: PreTrainedTokenizerBase, settings: dict) -> Callable[...,
 def check_sequence_end(checkpoint: dict, settings: dict, path: str) -> None:
     """Refuse a chat-template checkpoint trained before its inputs ended at the eos token: it learned
     its reward at the template's text after eos (ChatML: "\\n"), where consumers no longer score."""
-    if settings["chat_template"] and checkpoint.get("rmlab_sequence_end") != "eos":
+    # From 0.2 on every checkpoint ends at eos; before, only those with the marker rmlab_sequence_end=eos did.
+    if settings["chat_template"] and written_before(checkpoint, "0.2") and checkpoint.get("rmlab_sequence_end") != "eos":
         raise ValueError(f"ckpt={path!r} was trained by an rmlab that read chat-template rewards after the eos token "
                          "(e.g. at the newline after <|im_end|>), not at the eos token where generated responses end and "
                          "where exports, evaluation and scoring now read them; its rewards there were never trained. "

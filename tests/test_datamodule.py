@@ -100,7 +100,7 @@ def test_parquet_and_custom_column_names_and_margin(tmp_path):
     dm = datamodule(str(path), columns={"prompt": "q", "chosen": "good", "rejected": "bad", "margin": "gap"})
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape[0] == 2  # chosen row, then rejected row, one forward
-    assert batch["margin"].tolist() == [1.5]
+    assert batch["label_margin"].tolist() == [1.5]
 
 
 def test_bad_row_names_file_row_and_problem(tmp_path):

@@ -208,7 +208,7 @@ class PreferenceDataModule(L.LightningDataModule):
         raise DataError(f"{origin}: no row can be read as a preference pair (first: {skipped[0]})")
 
     def _normalise(self, raw: Dataset, origin: str, split: str) -> Dataset:
-        """Rows -> {prompt, chosen, rejected[, margin], prompt_key, origin, metadata...}. A row that
+        """Rows -> {prompt, chosen, rejected[, label_margin], prompt_key, origin, metadata...}. A row that
         is not a usable pair stops the run naming its file, line and problem (data.on_bad_row=error)
         or is skipped, counted and kept in `self.rejects` (skip). Nothing is dropped silently."""
         if len(raw) == 0:
@@ -231,12 +231,12 @@ class PreferenceDataModule(L.LightningDataModule):
                     pair = to_pair(fields, fmt, columns)
                     check_pair(pair)
                     if margin_column:
-                        pair["margin"] = read_margin(fields.get(margin_column), margin_column)
+                        pair["label_margin"] = read_margin(fields.get(margin_column), margin_column)
                 except PairFormatError as err:
                     problem, pair = f"{err} (format {fmt!r})", None
             if problem is not None:
                 _bad_row(policy, where, problem)
-                pair = {**placeholder, **({"margin": 0.0} if margin_column else {})}
+                pair = {**placeholder, **({"label_margin": 0.0} if margin_column else {})}
             pair.update(prompt_key=prompt_key(pair["prompt"]), origin=where, problem=problem,
                         prompt=stored_messages(pair["prompt"]), reply_fields=pair.get("reply_fields"))
             if from_file:  # the file's other fields ride along (e.g. `subset` for the bias report)
@@ -386,8 +386,8 @@ class PreferenceDataModule(L.LightningDataModule):
             raise DataError(f"{getattr(self.source, 'describe', lambda split: split)('train')}: the data has a column "
                             "named 'augment', the name data.augment marks its pairs with; rename that column")
         extra = augment_pairs(train.to_list(), self.augment["share"], self.augment["kinds"], self.seed)
-        if "margin" in train.column_names:  # the source pair's margin was set for its own rejected answer
-            extra = [{**pair, "margin": 0.0} for pair in extra]
+        if "label_margin" in train.column_names:  # the source pair's margin was set for its own rejected answer
+            extra = [{**pair, "label_margin": 0.0} for pair in extra]
         log.info("train: %d counterfactual pairs added (data.augment: share %s of %s)", len(extra),
                  self.augment["share"], list(self.augment["kinds"]))
         train = train.add_column("augment", [""] * len(train))
@@ -442,7 +442,7 @@ class PreferenceDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         full = self.splits[split]
         columns = ["index", "chosen_input_ids", "rejected_input_ids", "chosen_response_tokens", "rejected_response_tokens",
-                   *(["margin"] if self.columns["margin"] else []), *(["balance_weight"] if "balance_weight" in full.column_names else [])]
+                   *(["label_margin"] if self.columns["margin"] else []), *(["balance_weight"] if "balance_weight" in full.column_names else [])]
         dataset = full.select_columns(columns)
         batch_size = self.batch_size if split == "train" else self.eval_batch_size
         if shuffle:

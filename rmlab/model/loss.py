@@ -20,7 +20,7 @@ def batch_correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class BradleyTerryLoss(nn.Module):
-    """Bradley-Terry pairwise loss, -log sigmoid(r_chosen - r_rejected - margin).
+    """Bradley-Terry pairwise loss, -log sigmoid(r_chosen - r_rejected - label_margin).
 
     Bradley & Terry (1952); as used for RLHF reward models by Ouyang et al. (2022), with the
     per-pair margin of Touvron et al. (Llama 2, 2023) and the reward-centering auxiliary term
@@ -35,7 +35,7 @@ class BradleyTerryLoss(nn.Module):
     sink ships", and Chen et al. 2024, ODIN).
     """
 
-    heads = 1  # reward-head outputs this loss reads
+    num_heads = 1  # reward-head outputs this loss reads
 
     def __init__(self, center_rewards_coef: float = 0.0, label_smoothing: float = 0.0, length_penalty_coef: float = 0.0):
         super().__init__()
@@ -49,13 +49,15 @@ class BradleyTerryLoss(nn.Module):
         self,
         reward_chosen: torch.Tensor,
         reward_rejected: torch.Tensor,
-        margin: torch.Tensor | None = None,
+        label_margin: torch.Tensor | None = None,
         weight: torch.Tensor | None = None,
         response_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Scalar loss. reward_chosen, reward_rejected, label_margin (the data's), weight: [B];
+        response_tokens: [2B] (chosen rows, then rejected)."""
         logits = reward_chosen - reward_rejected
-        if margin is not None:
-            logits = logits - margin
+        if label_margin is not None:
+            logits = logits - label_margin
         eps = self.label_smoothing
         loss = -(1.0 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)
         loss = (loss * weight).mean() if weight is not None else loss.mean()
@@ -79,17 +81,18 @@ class OdinLoss(BradleyTerryLoss):
     them) get the plain Bradley-Terry loss.
     """
 
-    heads = 2
+    num_heads = 2  # quality, length
 
     def __init__(self, length_coef: float = 1.0, orthogonal_coef: float = 1.0, center_rewards_coef: float = 0.0,
                  label_smoothing: float = 0.0, length_penalty_coef: float = 0.0):
         super().__init__(center_rewards_coef, label_smoothing, length_penalty_coef)
         self.length_coef, self.orthogonal_coef = length_coef, orthogonal_coef
 
-    def forward(self, reward_chosen, reward_rejected, margin=None, weight=None, response_tokens=None, head_weight=None):
+    def forward(self, reward_chosen, reward_rejected, label_margin=None, weight=None, response_tokens=None, head_weight=None):
+        """Scalar loss. Rewards [B, 2] (quality, length heads) or [B]; head_weight [2, hidden]; the rest as BradleyTerryLoss."""
         if reward_chosen.dim() == 1:
-            return super().forward(reward_chosen, reward_rejected, margin, weight)
-        loss = super().forward(reward_chosen.sum(-1), reward_rejected.sum(-1), margin, weight, response_tokens)
+            return super().forward(reward_chosen, reward_rejected, label_margin, weight)
+        loss = super().forward(reward_chosen.sum(-1), reward_rejected.sum(-1), label_margin, weight, response_tokens)
         if response_tokens is not None and self.length_coef:
             quality, length = torch.cat([reward_chosen, reward_rejected]).unbind(-1)
             loss = loss + self.length_coef * (batch_correlation(quality, response_tokens).abs()
