@@ -59,7 +59,7 @@ from rmlab.model.pooling import POOLINGS
 from rmlab.model.module import RewardModel
 from rmlab.errors import ConfigError
 from rmlab.preflight import check_export, no_native_message
-from rmlab.trained import check_sequence_end, encoder, load_checkpoint, load_reward_model, rmlab_tokenizer
+from rmlab.trained import check_sequence_end, load_checkpoint, load_reward_model, rmlab_tokenizer, tokenizing_function
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +371,7 @@ def check_tokenizer(folder: Path, pairs: list[dict], settings: dict, remote_code
     """The saved tokenizer must turn the validation texts into the ids rmlab trained on: through
     rmlab's own encoding, and through its chat template (whole conversations, nothing truncated)."""
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=remote_code)
-    encode, whole = encoder(tokenizer, settings), encoder(tokenizer, {**settings, "max_length": 10**9})
+    encode, whole = tokenizing_function(tokenizer, settings), tokenizing_function(tokenizer, {**settings, "max_length": 10**9})
     for pair in pairs:
         got, untruncated = encode(pair["prompt"], pair["chosen"], pair["rejected"]), whole(pair["prompt"], pair["chosen"], pair["rejected"])
         for side in ("chosen", "rejected"):

@@ -69,7 +69,7 @@ def rmlab_tokenizer(run_cfg: DictConfig) -> tuple[PreTrainedTokenizerBase, dict]
     return tokenizer, settings
 
 
-def encoder(tokenizer: PreTrainedTokenizerBase, settings: dict) -> Callable[..., dict]:
+def tokenizing_function(tokenizer: PreTrainedTokenizerBase, settings: dict) -> Callable[..., dict]:
     """`encode(prompt, chosen, rejected=None)`: tokenize_pair with these settings, i.e. the ids rmlab
     feeds the model (over-long inputs truncated as in training, and flagged). A single response is
     scored as a pair of two identical responses."""
