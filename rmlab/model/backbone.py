@@ -71,7 +71,7 @@ def _check_vocabulary_fits(config: PretrainedConfig, tokenizer: PreTrainedTokeni
                           f"{len(tokenizer)} (or more)")
 
 
-def apply_lora(model: PreTrainedModel, r: int = 0, alpha: float = 16.0, dropout: float = 0.0,
+def apply_lora(model: PreTrainedModel, r: int = 0, alpha: float = 32.0, dropout: float = 0.0,
                target_modules: str | list[str] = "all-linear") -> PreTrainedModel:
     """Freeze the backbone and train LoRA adapters instead (Hu et al., 2021), through `peft`.
     r=0 leaves the model untouched. The reward head lives outside the backbone and stays fully trained."""

@@ -72,7 +72,7 @@ class RewardModel(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         warmup_ratio: float = 0.1,
-        weight_decay: float = 0.0,
+        weight_decay: float = 0.01,
         disable_dropout: bool = True,
         lora: dict | None = None,
         on_nonfinite: str = "stop",
