@@ -22,6 +22,7 @@ from rmlab.checkpoint import RunRecord
 from rmlab.config import CONFIG_DIR
 from rmlab.console import FILE_ONLY, end_summary, quiet_libraries
 from rmlab.throughput import KEYS as THROUGHPUT_KEYS
+from rmlab.errors import ConfigError
 from rmlab.hardware import best_precision
 from rmlab.launch import (check_launch, check_shared_run_dir, name_sweep_run, resume_checkpoint, resumed_logger_settings,
                           short_user_errors, start_logger)
@@ -103,13 +104,29 @@ def train(cfg: DictConfig) -> dict:
             wandb.finish()  # so the next job of a multirun starts a fresh W&B run
 
 
+def check_optimized_metric(cfg: DictConfig) -> None:
+    """Before training: optimized_metric must name a key summary.json can have (a split's metric,
+    test/... only when the run tests). Raises ConfigError."""
+    metric = str(cfg.optimized_metric)
+    if not metric.startswith(("val/", "test/", "train/", "data/")) and metric not in ("wall_time_s", "peak_rss_mb"):
+        raise ConfigError(f"optimized_metric={metric!r}: name a key of summary.json, e.g. val/acc, test/acc, "
+                          "test/bias/length_balanced_acc or train/pairs_per_s")
+    if metric.startswith("test/") and not cfg.test_after_fit:
+        raise ConfigError(f"optimized_metric={metric!r} needs test_after_fit=true (the run writes no test/ metrics)")
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 @short_user_errors  # a ConfigError/DataError prints its message, not a screen of frames
 def main(cfg: DictConfig) -> float:
+    """Train; return the summary's `optimized_metric` (what a Hydra sweeper optimises)."""
     quiet_libraries()  # warnings into train.log, no progress bars from datasets/transformers
     check_launch(cfg)
     check_shared_run_dir()
-    return train(cfg)["val/acc"]
+    check_optimized_metric(cfg)
+    summary = train(cfg)
+    if cfg.optimized_metric not in summary:
+        raise ConfigError(f"optimized_metric={cfg.optimized_metric!r} is not in summary.json; its keys are {sorted(summary)}")
+    return summary[cfg.optimized_metric]
 
 
 if __name__ == "__main__":

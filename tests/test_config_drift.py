@@ -43,3 +43,16 @@ KNOWN = [
 
 def test_the_default_run_config_agrees_with_the_signatures(tmp_path):
     assert drift(compose_train([], tmp_path)) == KNOWN
+
+
+def test_the_optimized_metric_is_checked_before_training(tmp_path):
+    import pytest
+
+    from rmlab.errors import ConfigError
+    from rmlab.train import check_optimized_metric
+
+    check_optimized_metric(compose_train([], tmp_path))  # val/acc
+    with pytest.raises(ConfigError, match=r"^optimized_metric='acc': name a key of summary.json"):
+        check_optimized_metric(compose_train(["optimized_metric=acc"], tmp_path))
+    with pytest.raises(ConfigError, match=r"needs test_after_fit=true"):
+        check_optimized_metric(compose_train(["optimized_metric=test/acc", "test_after_fit=false"], tmp_path))
