@@ -5,10 +5,10 @@ flattery) in place of quality. Counterfactual data augmentation adds pairs in wh
 disagree, so that the cue alone stops predicting the label: the chosen answer against a copy of
 itself with one real flaw (a wrong number, a flipped statement, a cut-off ending), or against the
 rejected answer dressed up with filler, markup or flattery. This follows "RRM: Robust Reward Model
-Training Mitigates Reward Hacking" (Liu et al., 2024), which augments reward-model training data
+Training Mitigates Reward Hacking" (Liu et al., 2024, arXiv 2409.13156), which augments reward-model training data
 with counterfactual pairs so that artifacts independent of the answer's quality lose their
 predictive power, and counterfactually augmented data in NLP ("Learning the Difference that Makes
-a Difference with Counterfactually-Augmented Data", Kaushik et al., 2020).
+a Difference with Counterfactually-Augmented Data", Kaushik et al., 2020, arXiv 1909.12434).
 
 The evaluation probes (rmlab.diagnostics.probes) apply the same kinds of rewrite to held-out pairs.
 Augmentation is kept apart from them so that a probe score measures whether the model learned the

@@ -73,7 +73,8 @@ def _check_vocabulary_fits(config: PretrainedConfig, tokenizer: PreTrainedTokeni
 
 def apply_lora(model: PreTrainedModel, r: int = 0, alpha: float = 32.0, dropout: float = 0.0,
                target_modules: str | list[str] = "all-linear") -> PreTrainedModel:
-    """Freeze the backbone and train LoRA adapters instead (Hu et al., 2021), through `peft`.
+    """Freeze the backbone and train LoRA adapters instead, through `peft`: each adapted weight computes
+    W0 x + (alpha / r) B A x with A [r, in], B [out, r] (Hu et al. 2021, "LoRA", arXiv 2106.09685, Eq. 3).
     r=0 leaves the model untouched. The reward head lives outside the backbone and stays fully trained."""
     if r <= 0:
         return model
