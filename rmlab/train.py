@@ -44,15 +44,15 @@ def train(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
     check_disk_space(cfg, model)  # its checkpoints, from the model's size
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
-    callbacks.append(RunRecord(resolved))  # the config and rmlab's version, stored in every checkpoint
-    if cfg.get("diagnostics"):  # the probes of the kinds data.augment trains on are reported apart
-        callbacks.append(instantiate(cfg.diagnostics, augment=resolved["data"].get("augment")))
     name_sweep_run(cfg)  # multirun: W&B group = sweep dir, run name = overrides
     resume_from = resume_checkpoint(cfg, run_dir)
     logger_settings = resumed_logger_settings(cfg, run_dir) if resume_from and cfg.get("logger") else {}
     logger = start_logger(cfg.logger, logger_settings) if cfg.get("logger") else False
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # the config as run (sweep names included)
+    callbacks.append(RunRecord(resolved))  # the config and rmlab's version, stored in every checkpoint
+    if cfg.get("diagnostics"):  # the probes of the kinds data.augment trains on are reported apart
+        callbacks.append(instantiate(cfg.diagnostics, augment=resolved["data"].get("augment")))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     try:
         datamodule.setup("fit")
