@@ -55,7 +55,9 @@ def cpu_bf16_speedup() -> float:
         import torch
 
         def seconds(dtype: torch.dtype) -> float:
-            a = torch.randn(1024, 1024).to(dtype)
+            # Its own generator: measuring (first run on a machine only) must not move the global RNG,
+            # or that run's reward head would start from other weights than every later run's.
+            a = torch.randn(1024, 1024, generator=torch.Generator().manual_seed(0)).to(dtype)
             a @ a  # warm-up: kernel selection
             start = time.perf_counter()
             for _ in range(5):
@@ -95,8 +97,10 @@ def _measure_matmul_peak(device: str, dtype_name: str) -> float:
     sizes = (1024, 1536) if device == "cpu" else (4096, 8192)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     best = 0.0
+    generator = torch.Generator(device=device).manual_seed(0)  # the global RNG stays where the run's seed put it
     for n in sizes:
-        a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
+        a = torch.randn(n, n, device=device, generator=generator).to(dtype)
+        b = torch.randn(n, n, device=device, generator=generator).to(dtype)
         a @ b  # warm-up: kernel selection
         reps = max(1, int((1e10 if device == "cpu" else 2e13) / (2 * n**3)))
         for _ in range(3):
