@@ -190,20 +190,27 @@ class RewardModel(L.LightningModule):
             positions += len(rows) * (end - start)
         return torch.cat(parts)[torch.argsort(order)], positions
 
-    def _pair_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        """(loss [], reward_chosen [B], reward_rejected [B], token positions computed) of a batch."""
+    def _batch_rewards(self, batch: Batch) -> tuple[torch.Tensor, int]:
+        """[2B, heads] outputs of a batch (chosen rows, then rejected) and the token positions the
+        forward computed, padding included (Throughput reads them from training_step's outputs)."""
         if "segments" in batch:
             outputs = self.packed_rewards(batch["input_ids"], batch["segments"], batch["position_ids"], all_heads=True)
-            positions = batch["input_ids"].numel()
-        else:
-            outputs, positions = self._split_forward(batch["input_ids"], batch["attention_mask"], all_heads=True)
+            return outputs, batch["input_ids"].numel()
+        return self._split_forward(batch["input_ids"], batch["attention_mask"], all_heads=True)
+
+    def _pair_loss(self, batch: Batch, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss [], reward_chosen [B], reward_rejected [B]) from a batch's [2B, heads] outputs."""
         chosen, rejected = outputs.chunk(2)  # [B, heads] each
         extras = {"weight": batch.get("weight"), "response_tokens": batch.get("response_tokens")}
         if outputs.shape[1] > 1:  # a multi-head loss (OdinLoss) reads every head, and the heads' weights
             loss = self.loss_fn(chosen, rejected, batch.get("label_margin"), head_weight=self.head.weight, **extras)
         else:
             loss = self.loss_fn(chosen[:, 0], rejected[:, 0], batch.get("label_margin"), **extras)
-        return loss, chosen[:, 0], rejected[:, 0], positions
+        return loss, chosen[:, 0], rejected[:, 0]
+
+    def _pair_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss [], reward_chosen [B], reward_rejected [B]) of a batch."""
+        return self._pair_loss(batch, self._batch_rewards(batch)[0])
 
     def setup(self, stage: str) -> None:
         if self.on_nonfinite == "skip" and "deepspeed" in type(self.trainer.strategy).__name__.lower():
@@ -213,7 +220,8 @@ class RewardModel(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         """{"loss": the loss, "positions_computed": token positions the forward computed} (the
         Throughput callback reads the latter from the step's outputs)."""
-        loss, reward_chosen, reward_rejected, positions = self._pair_step(batch)
+        outputs, positions = self._batch_rewards(batch)
+        loss, reward_chosen, reward_rejected = self._pair_loss(batch, outputs)
         n_pairs = group_count(batch)
         self.pairs_seen += n_pairs * self.trainer.world_size
         out = {"loss": loss, "positions_computed": positions}
@@ -244,7 +252,7 @@ class RewardModel(L.LightningModule):
             self.log("train/skipped_nonfinite", float(self.skipped_nonfinite))
 
     def _eval_step(self, stage: str, batch: Batch, batch_idx: int) -> None:
-        loss, reward_chosen, reward_rejected, _ = self._pair_step(batch)
+        loss, reward_chosen, reward_rejected = self._pair_step(batch)
         problem = nonfinite_problem(self, self.on_nonfinite, stage, batch, batch_idx, loss, reward_chosen, reward_rejected)
         if problem:  # evaluation updates nothing: the pairs are scored anyway, and the metrics show it
             log.warning("%s (model.on_nonfinite=skip: kept in this epoch's %s metrics)", problem, stage)
