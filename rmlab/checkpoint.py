@@ -1,5 +1,6 @@
-"""Checkpoint files that are either the old one or the whole new one, never a truncated mix; and
-what a finished run keeps (KeepAfterFit).
+"""Checkpoint files that are either the old one or the whole new one, never a truncated mix; what
+every checkpoint records about its run (RunRecord: the config, the rmlab version); and what a
+finished run keeps (KeepAfterFit).
 
 Lightning's own save goes through an fsspec transaction whose temp file lives in /tmp: where /tmp
 and the run dir are different filesystems (usual on clusters) the final move is a copy straight
@@ -18,8 +19,38 @@ from typing import IO, Any
 import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from packaging.version import Version
+
+from rmlab import __version__
 
 log = logging.getLogger(__name__)
+
+# What a checkpoint without `rmlab_version` was written by: an rmlab before 0.2, which did not store it.
+PRE_0_2 = "pre-0.2"
+
+
+class RunRecord(L.Callback):
+    """Writes into every checkpoint what reading it back needs: the resolved run config
+    (`rmlab_config`) and the rmlab version that wrote it (`rmlab_version`, which compatibility
+    checks key on: `written_before`)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rmlab_config"] = self.config
+        checkpoint["rmlab_version"] = __version__
+
+
+def written_by(checkpoint: dict[str, Any]) -> str:
+    """The rmlab version that wrote a loaded checkpoint, or PRE_0_2 for one written before versions were stored."""
+    return str(checkpoint.get("rmlab_version") or PRE_0_2)
+
+
+def written_before(checkpoint: dict[str, Any], version: str) -> bool:
+    """True when the checkpoint was written by an rmlab older than `version` (PRE_0_2 is older than any 0.2+)."""
+    writer = written_by(checkpoint)
+    return writer == PRE_0_2 or Version(writer) < Version(version)
 
 
 def temp_path(path: Path) -> Path:

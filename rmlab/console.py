@@ -82,7 +82,7 @@ class TrainLog(L.Callback):
     VAL_KEYS = ("val/loss", "val/acc", "val/margin", "val/bias/length_balanced_acc", "val/bias/length_spearman",
                 "val/probe/mean_acc")
 
-    def __init__(self, every_n_steps: int = 50) -> None:
+    def __init__(self, every_n_steps: int = 25) -> None:
         self.every_n_steps = every_n_steps
         self._last_logged = -1
 

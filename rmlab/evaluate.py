@@ -12,7 +12,6 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -20,48 +19,11 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from rmlab.config import CONFIG_DIR
-from rmlab.errors import ConfigError
 from rmlab.launch import short_user_errors
-from rmlab.model.module import RewardModel
-from rmlab.preflight import config_nodes
-from rmlab.train import best_precision
+from rmlab.hardware import best_precision
+from rmlab.trained import load_checkpoint, load_reward_model
 
 log = logging.getLogger(__name__)
-
-
-# What a checkpoint's stored config may name as a `_target_`: instantiate would call anything else
-# it names, so a checkpoint from elsewhere could run code that weights_only=True keeps out.
-TRUSTED_TARGETS = ("rmlab.", "torch.", "transformers.", "lightning.")
-
-
-def load_checkpoint(path: str, trust_remote_code: bool = False) -> dict:
-    """A checkpoint written by rmlab.train, loaded without unpickling code (weights_only=True). Its
-    config may only build rmlab/torch/transformers/lightning objects, and a backbone with
-    trust_remote_code needs the caller's trust_remote_code=true."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"ckpt={path!r}: no such file ({file.resolve()})")
-    checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    if not checkpoint.get("rmlab_config"):
-        raise ValueError(f"ckpt={path!r} has no rmlab config: it was not written by rmlab.train")
-    if not trust_remote_code:
-        run_cfg = OmegaConf.create(checkpoint["rmlab_config"])
-        targets = [str(node._target_) for _, node in config_nodes(run_cfg) if "_target_" in node]  # nothing imported
-        foreign = [t for t in targets if not t.startswith(TRUSTED_TARGETS)]
-        if foreign or OmegaConf.select(run_cfg, "model.backbone.trust_remote_code"):
-            what = f"builds {foreign}" if foreign else "loads its backbone with trust_remote_code=true"
-            raise ConfigError(f"ckpt={path!r} {what}, which runs code from outside rmlab, torch and transformers; "
-                              "if you trust where the checkpoint came from, add trust_remote_code=true")
-    return checkpoint
-
-
-def load_reward_model(checkpoint: dict) -> tuple[RewardModel, DictConfig]:
-    """The trained RewardModel of a loaded rmlab checkpoint (eval mode, CPU) and its resolved run config."""
-    run_cfg = OmegaConf.create(checkpoint["rmlab_config"])
-    model = instantiate(run_cfg.model)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.run_config = checkpoint["rmlab_config"]  # what it was trained on (e.g. which probes data.augment used)
-    return model.eval(), run_cfg
 
 
 def non_null(settings: dict) -> dict:
@@ -101,7 +63,8 @@ def evaluate(cfg: DictConfig) -> dict:
         precision = best_precision(str(cfg.trainer.accelerator))
     log.info("evaluating in precision %s%s", precision, "" if precision in ("32-true", "32", "64-true") else
              " (faster; rewards differ from the fp32 rewards of an export by rounding, so near-tie pairs can flip)")
-    diagnostics = instantiate(cfg.diagnostics, report_title=f"Bias report: {cfg.ckpt} on {split} data (precision {precision})")
+    diagnostics = instantiate(cfg.diagnostics, report_title=f"Bias report: {cfg.ckpt} on {split} data (precision {precision})",
+                              augment=OmegaConf.to_container(run_cfg.data, resolve=True).get("augment"))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, precision=precision,
                         logger=logger, callbacks=[diagnostics], enable_checkpointing=False, default_root_dir=run_dir)

@@ -37,7 +37,6 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Callable
 
 import hydra
 import torch
@@ -54,14 +53,13 @@ from rmlab.checkpoint import umask_mode
 from rmlab import strict_json
 from rmlab.config import CONFIG_DIR
 from rmlab.data.collate import PairCollator
-from rmlab.data.tokenize import plain_chat_template, special_token_frame, tokenize_pair, use_chat_template
-from rmlab.evaluate import load_checkpoint, load_reward_model
+from rmlab.data.tokenize import plain_chat_template, special_token_frame
 from rmlab.launch import short_user_errors
-from rmlab.model.backbone import load_tokenizer
 from rmlab.model.pooling import POOLINGS
 from rmlab.model.module import RewardModel
 from rmlab.errors import ConfigError
 from rmlab.preflight import check_export, no_native_message
+from rmlab.trained import check_sequence_end, load_checkpoint, load_reward_model, rmlab_tokenizer, tokenizing_function
 
 log = logging.getLogger(__name__)
 
@@ -177,34 +175,6 @@ reward = model(**tokenizer(text, return_tensors="pt")).logits[0, 0]
 - **transformers**: written with {written}; rmlab's interop tests load such folders with {oldest}, 4.51.3
   (RewardBench's pin) and {written}.
 """
-
-def rmlab_tokenizer(run_cfg: DictConfig) -> tuple[PreTrainedTokenizerBase, dict]:
-    """The tokenizer a run trained with (padding side applied) and the settings that shape its inputs."""
-    data = run_cfg.data
-    tokenizer = load_tokenizer(**OmegaConf.to_container(data.tokenizer, resolve=True))
-    if data.get("padding_side"):
-        tokenizer.padding_side = data.padding_side
-    settings = {
-        "max_length": int(data.max_length),
-        "chat_template": use_chat_template(tokenizer, data.get("chat_template", "auto")),
-        "padding_side": tokenizer.padding_side,
-        "overlong": "truncate",
-    }
-    return tokenizer, settings
-
-
-def encoder(tokenizer: PreTrainedTokenizerBase, settings: dict) -> Callable[..., dict]:
-    """`encode(prompt, chosen, rejected=None)`: tokenize_pair with these settings, i.e. the ids rmlab
-    feeds the model (over-long inputs truncated as in training, and flagged). A single response is
-    scored as a pair of two identical responses."""
-    frame = ([], [], []) if settings["chat_template"] else special_token_frame(tokenizer)
-
-    def encode(prompt: list[dict], chosen: str, rejected: str | None = None) -> dict:
-        pair = {"prompt": prompt, "chosen": chosen, "rejected": chosen if rejected is None else rejected}
-        return tokenize_pair(pair, tokenizer, settings["max_length"], "truncate", settings["chat_template"], frame)
-
-    return encode
-
 
 @torch.no_grad()
 def validation_rewards(model: RewardModel, run_cfg: DictConfig, val_path: str | None = None) -> tuple[list[dict], torch.Tensor]:
@@ -401,7 +371,7 @@ def check_tokenizer(folder: Path, pairs: list[dict], settings: dict, remote_code
     """The saved tokenizer must turn the validation texts into the ids rmlab trained on: through
     rmlab's own encoding, and through its chat template (whole conversations, nothing truncated)."""
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=remote_code)
-    encode, whole = encoder(tokenizer, settings), encoder(tokenizer, {**settings, "max_length": 10**9})
+    encode, whole = tokenizing_function(tokenizer, settings), tokenizing_function(tokenizer, {**settings, "max_length": 10**9})
     for pair in pairs:
         got, untruncated = encode(pair["prompt"], pair["chosen"], pair["rejected"]), whole(pair["prompt"], pair["chosen"], pair["rejected"])
         for side in ("chosen", "rejected"):
@@ -412,16 +382,6 @@ def check_tokenizer(folder: Path, pairs: list[dict], settings: dict, remote_code
                 if tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"] != untruncated[f"{side}_input_ids"]:
                     raise RuntimeError(f"the exported chat template renders {pair[side][:60]!r} (add_special_tokens="
                                        f"{add_special_tokens}) as other ids than rmlab trains on: {text[-200:]!r}")
-
-
-def check_sequence_end(checkpoint: dict, settings: dict, path: str) -> None:
-    """Refuse a chat-template checkpoint trained before its inputs ended at the eos token: it learned
-    its reward at the template's text after eos (ChatML: "\\n"), where consumers no longer score."""
-    if settings["chat_template"] and checkpoint.get("rmlab_sequence_end") != "eos":
-        raise ValueError(f"ckpt={path!r} was trained by an rmlab that read chat-template rewards after the eos token "
-                         "(e.g. at the newline after <|im_end|>), not at the eos token where generated responses end and "
-                         "where exports, evaluation and scoring now read them; its rewards there were never trained. "
-                         "Retrain it with this rmlab.")
 
 
 def export(cfg: DictConfig) -> dict:

@@ -55,7 +55,9 @@ def cpu_bf16_speedup() -> float:
         import torch
 
         def seconds(dtype: torch.dtype) -> float:
-            a = torch.randn(1024, 1024).to(dtype)
+            # Its own generator: measuring (first run on a machine only) must not move the global RNG,
+            # or that run's reward head would start from other weights than every later run's.
+            a = torch.randn(1024, 1024, generator=torch.Generator().manual_seed(0)).to(dtype)
             a @ a  # warm-up: kernel selection
             start = time.perf_counter()
             for _ in range(5):
@@ -95,8 +97,10 @@ def _measure_matmul_peak(device: str, dtype_name: str) -> float:
     sizes = (1024, 1536) if device == "cpu" else (4096, 8192)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     best = 0.0
+    generator = torch.Generator(device=device).manual_seed(0)  # the global RNG stays where the run's seed put it
     for n in sizes:
-        a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
+        a = torch.randn(n, n, device=device, generator=generator).to(dtype)
+        b = torch.randn(n, n, device=device, generator=generator).to(dtype)
         a @ b  # warm-up: kernel selection
         reps = max(1, int((1e10 if device == "cpu" else 2e13) / (2 * n**3)))
         for _ in range(3):
@@ -123,3 +127,13 @@ def matmul_peak_flops(device: str = "cpu", dtype_name: str = "float32", fresh: b
     if key not in _PEAKS or fresh:
         _PEAKS[key] = _measure_matmul_peak(device, dtype_name)
     return _PEAKS[key]
+
+
+def best_precision(accelerator: str) -> str:
+    """`precision: auto`: bf16 autocast on GPUs that have it (fp16 on older ones); on CPU, bf16
+    autocast only where this CPU's bf16 matmul beats fp32 (measured once, cached)."""
+    import torch
+
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_bf16_speedup() > 1.2 else "32-true"

@@ -18,7 +18,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, open_dict
 
 from rmlab.errors import ConfigError, DataError, NonFiniteError
 
@@ -45,6 +45,20 @@ def check_launch(cfg: DictConfig) -> None:
             "(and no ddp strategy), or run one job per trial, each its own command: "
             "`for seed in 0 1; do python -m rmlab.train trainer.strategy=ddp trainer.devices=2 seed=$seed; done`."
         )
+
+
+def name_sweep_run(cfg: DictConfig) -> None:
+    """In a Hydra multirun, group the W&B run by sweep dir and name it after the job's overrides,
+    unless logger.group / logger.name are set. Single runs are left as they are."""
+    hydra_cfg = HydraConfig.get()
+    logger = cfg.get("logger")
+    if hydra_cfg.mode != RunMode.MULTIRUN or not logger or not str(logger.get("_target_")).endswith("WandbLogger"):
+        return
+    with open_dict(logger):
+        if logger.get("group") is None:
+            logger.group = str(hydra_cfg.sweep.dir)[-128:]  # W&B caps a group name at 128 characters
+        if logger.get("name") is None:
+            logger.name = hydra_cfg.job.override_dirname or f"job {hydra_cfg.job.num}"
 
 
 def check_shared_run_dir() -> None:

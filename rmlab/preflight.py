@@ -20,8 +20,10 @@ import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from rmlab.config import config_nodes
 from rmlab.errors import ConfigError, DataError
-from rmlab.model.backbone import apply_lora, is_causal_decoder, load_backbone, load_config
+from rmlab.model.backbone import apply_lora, load_backbone
+from rmlab.hub import is_causal_decoder, load_config
 from rmlab.model.pooling import POOLINGS, ClsPooling
 
 # Dicts without a _target_ that RewardModel unpacks into a function call: their keys bind there.
@@ -170,19 +172,6 @@ def check_keys(cfg: DictConfig) -> None:
             problems.append(f"unknown option {path}.{key}: {_name(target)} takes no {key!r}. " + _suggest(path, key, names, node))
     if problems:
         raise ConfigError("\n".join(problems))
-
-
-def config_nodes(node, path: str = "") -> Iterator[tuple[str, DictConfig]]:
-    """(path, node) for every dict node of a config, depth first, lists included; None, missing
-    and interpolated values are not walked (nothing is resolved)."""
-    if isinstance(node, ListConfig) and not node._is_none() and not node._is_interpolation():
-        for index in range(len(node)):
-            yield from config_nodes(node._get_node(index), f"{path}[{index}]")
-    if not isinstance(node, DictConfig) or node._is_none() or node._is_missing() or node._is_interpolation():
-        return
-    yield path, node
-    for key in node:
-        yield from config_nodes(node._get_node(key), f"{path}.{key}".lstrip("."))
 
 
 def _bound_nodes(cfg: DictConfig) -> Iterator[tuple[str, DictConfig, Callable]]:

@@ -1,7 +1,7 @@
 """Score a file with a reward model: `python -m rmlab.score model_path=<export dir | .ckpt> data.path=rows.jsonl out=scores.jsonl`.
 
 Rows are (prompt, response) -> `reward`, or preference pairs in any training format -> `reward_chosen`,
-`reward_rejected`, `margin`. Every input row and field is written back in input order; over-long
+`reward_rejected`, `reward_margin` (their difference). Every input row and field is written back in input order; over-long
 inputs are truncated as in training (prompt cut from the left) and counted. The model is an
 rmlab.export folder (plain transformers plus the tokenization settings stored in its config.json)
 or an rmlab.train checkpoint (rmlab's RewardModel); both give the same rewards.
@@ -29,9 +29,8 @@ from rmlab.data.collate import PairCollator
 from rmlab.data.files import read_file_rows
 from rmlab.data.formats import FORMATS, PairFormatError, detect_format, to_pair
 from rmlab.errors import DataError
-from rmlab.evaluate import load_checkpoint, load_reward_model
-from rmlab.export import check_sequence_end, encoder, rmlab_tokenizer
 from rmlab.launch import short_user_errors
+from rmlab.trained import check_sequence_end, load_checkpoint, load_reward_model, rmlab_tokenizer, tokenizing_function
 
 log = logging.getLogger(__name__)
 SINGLE = "single"  # one (prompt, response) per row
@@ -153,7 +152,7 @@ def read_items(path: str, fmt: str, columns: dict, fields: dict) -> tuple[list[t
     if not rows:
         raise ValueError(f"{path}: no rows")
     fmt = row_format(rows[0][1], fmt, columns)
-    added = [fields["reward"]] if fmt == SINGLE else [fields["reward_chosen"], fields["reward_rejected"], fields["margin"]]
+    added = [fields["reward"]] if fmt == SINGLE else [fields["reward_chosen"], fields["reward_rejected"], fields["reward_margin"]]
     items = []
     for location, row in rows:
         try:
@@ -173,7 +172,7 @@ def tokenize_items(scorer: Scorer, rows: list[tuple[str, Any]], items: list[dict
     the rows whose responses hold the unknown token, whose prompt tool calls the chat template left out,
     or whose final reply had fields a pair cannot carry (as training counts them): logged, and
     under "unknown_responses", "unrendered_tool_calls", "reply_fields_dropped"."""
-    encode = encoder(scorer.tokenizer, scorer.settings)
+    encode = tokenizing_function(scorer.tokenizer, scorer.settings)
     sequences, flagged = [], {"prompt": [], "response": [], "unknown_responses": [], "unrendered_tool_calls": [],
                                 "reply_fields_dropped": []}
     for (location, _), item in zip(tqdm(rows, desc="tokenizing", unit="row"), items):
@@ -221,7 +220,7 @@ def score(cfg: DictConfig) -> dict:
         else:
             chosen, rejected = rewards[2 * index], rewards[2 * index + 1]
             scored.append({**row, fields["reward_chosen"]: chosen, fields["reward_rejected"]: rejected,
-                           fields["margin"]: chosen - rejected})
+                           fields["reward_margin"]: chosen - rejected})
     write_rows(cfg.out, scored)
     summary = {"rows": len(rows), "sequences": len(sequences), "format": fmt, "truncated_prompt": len(flagged["prompt"]),
                "truncated_response": len(flagged["response"]), "precision": cfg.precision, "out": str(cfg.out),

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +38,6 @@ LABELS = {  # column names in the Markdown table; other metrics keep their logge
     "test/bias/ece": "ECE",
     "wall_time_s": "wall time (s)",
 }
-
-
-def name_sweep_run(cfg: DictConfig) -> None:
-    """In a Hydra multirun, group the W&B run by sweep dir and name it after the job's overrides,
-    unless logger.group / logger.name are set. Single runs are left as they are."""
-    hydra_cfg = HydraConfig.get()
-    logger = cfg.get("logger")
-    if hydra_cfg.mode != RunMode.MULTIRUN or not logger or not str(logger.get("_target_")).endswith("WandbLogger"):
-        return
-    with open_dict(logger):
-        if logger.get("group") is None:
-            logger.group = str(hydra_cfg.sweep.dir)[-128:]  # W&B caps a group name at 128 characters
-        if logger.get("name") is None:
-            logger.name = hydra_cfg.job.override_dirname or f"job {hydra_cfg.job.num}"
 
 
 # A job is fine only with these in its summary.json as numbers (test/acc only when it was tested).

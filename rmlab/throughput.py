@@ -22,6 +22,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from rmlab.data.batch import Batch, group_count, is_packed, real_tokens
 from rmlab.data.collate import packed_attention
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,9 @@ def matmul_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.ndim == 2 and id(p) not in embeddings)
 
 
-def attended_pairs(batch: dict[str, torch.Tensor], causal: bool) -> int:
+def attended_pairs(batch: Batch, causal: bool) -> int:
     """(query, key) pairs of real tokens that attention computes for this batch."""
-    if "segments" in batch:
+    if is_packed(batch):
         real = batch["segments"] >= 0
         mask = packed_attention(batch["segments"])[:, 0] & real[:, :, None]
         return int(mask.sum())
@@ -44,9 +45,9 @@ def attended_pairs(batch: dict[str, torch.Tensor], causal: bool) -> int:
     return int((lengths * (lengths + 1) / 2).sum() if causal else (lengths**2).sum())
 
 
-def batch_tokens(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
-    """(real tokens, positions computed) of a batch."""
-    real = batch["segments"] >= 0 if "segments" in batch else batch["attention_mask"].bool()
+def batch_tokens(batch: Batch) -> tuple[int, int]:
+    """(real tokens, positions of the padded batch) of a batch."""
+    real = real_tokens(batch)
     return int(real.sum()), real.numel()
 
 
@@ -85,9 +86,10 @@ class Throughput(L.Callback):
             self.start = now
             return
         tokens, positions = batch_tokens(batch)
-        positions = getattr(pl_module, "positions_computed", 0) or positions  # split forwards pad less
+        # What the forward computed (RewardModel.training_step says: split forwards pad less), else the padded batch.
+        positions = (outputs.get("positions_computed") if isinstance(outputs, dict) else None) or positions
         flops = 3 * (2 * self.params * tokens + 4 * self.layers * self.hidden * attended_pairs(batch, self.causal))
-        pairs = len(batch["input_ids"]) // (1 if "segments" in batch else 2)  # packed: one row per pair
+        pairs = group_count(batch)
         self.totals += torch.tensor([pairs, tokens, positions, flops], dtype=torch.float64)
         totals = self.totals
         if trainer.world_size > 1:  # every process's counts (a few numbers per batch)

@@ -18,24 +18,17 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from rmlab import strict_json
+from rmlab.checkpoint import RunRecord
 from rmlab.config import CONFIG_DIR
 from rmlab.console import FILE_ONLY, end_summary, quiet_libraries
-from rmlab.hardware import cpu_bf16_speedup
 from rmlab.throughput import KEYS as THROUGHPUT_KEYS
-from rmlab.launch import (check_launch, check_shared_run_dir, resume_checkpoint, resumed_logger_settings, short_user_errors,
-                          start_logger)
+from rmlab.errors import ConfigError
+from rmlab.hardware import best_precision
+from rmlab.launch import (check_launch, check_shared_run_dir, name_sweep_run, resume_checkpoint, resumed_logger_settings,
+                          short_user_errors, start_logger)
 from rmlab.preflight import check_config, check_disk_space, check_split_sizes
-from rmlab.sweep import name_sweep_run
 
 log = logging.getLogger(__name__)
-
-
-def best_precision(accelerator: str) -> str:
-    """`precision: auto`: bf16 autocast on GPUs that have it (fp16 on older ones); on CPU, bf16
-    autocast only where this CPU's bf16 matmul beats fp32 (measured once, cached)."""
-    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_bf16_speedup() > 1.2 else "32-true"
 
 
 def train(cfg: DictConfig) -> dict:
@@ -52,15 +45,15 @@ def train(cfg: DictConfig) -> dict:
     model = instantiate(cfg.model)
     check_disk_space(cfg, model)  # its checkpoints, from the model's size
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
-    if cfg.get("diagnostics"):
-        callbacks.append(instantiate(cfg.diagnostics))
     name_sweep_run(cfg)  # multirun: W&B group = sweep dir, run name = overrides
     resume_from = resume_checkpoint(cfg, run_dir)
     logger_settings = resumed_logger_settings(cfg, run_dir) if resume_from and cfg.get("logger") else {}
     logger = start_logger(cfg.logger, logger_settings) if cfg.get("logger") else False
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # the config as run (sweep names included)
+    callbacks.append(RunRecord(resolved))  # the config and rmlab's version, stored in every checkpoint
+    if cfg.get("diagnostics"):  # the probes of the kinds data.augment trains on are reported apart
+        callbacks.append(instantiate(cfg.diagnostics, augment=resolved["data"].get("augment")))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    model.run_config = resolved  # stored in every checkpoint (see RewardModel.on_save_checkpoint)
     try:
         datamodule.setup("fit")
         data_stats = {f"data/{split}/{k}": v for split, s in datamodule.stats.items() for k, v in s.items()}
@@ -111,13 +104,29 @@ def train(cfg: DictConfig) -> dict:
             wandb.finish()  # so the next job of a multirun starts a fresh W&B run
 
 
+def check_optimized_metric(cfg: DictConfig) -> None:
+    """Before training: optimized_metric must name a key summary.json can have (a split's metric,
+    test/... only when the run tests). Raises ConfigError."""
+    metric = str(cfg.optimized_metric)
+    if not metric.startswith(("val/", "test/", "train/", "data/")) and metric not in ("wall_time_s", "peak_rss_mb"):
+        raise ConfigError(f"optimized_metric={metric!r}: name a key of summary.json, e.g. val/acc, test/acc, "
+                          "test/bias/length_balanced_acc or train/pairs_per_s")
+    if metric.startswith("test/") and not cfg.test_after_fit:
+        raise ConfigError(f"optimized_metric={metric!r} needs test_after_fit=true (the run writes no test/ metrics)")
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 @short_user_errors  # a ConfigError/DataError prints its message, not a screen of frames
 def main(cfg: DictConfig) -> float:
+    """Train; return the summary's `optimized_metric` (what a Hydra sweeper optimises)."""
     quiet_libraries()  # warnings into train.log, no progress bars from datasets/transformers
     check_launch(cfg)
     check_shared_run_dir()
-    return train(cfg)["val/acc"]
+    check_optimized_metric(cfg)
+    summary = train(cfg)
+    if cfg.optimized_metric not in summary:
+        raise ConfigError(f"optimized_metric={cfg.optimized_metric!r} is not in summary.json; its keys are {sorted(summary)}")
+    return summary[cfg.optimized_metric]
 
 
 if __name__ == "__main__":

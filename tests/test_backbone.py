@@ -7,7 +7,8 @@ import torch
 
 from conftest import PACKAGED, make_reward_model
 from rmlab.data.collate import PairCollator
-from rmlab.model.backbone import load_backbone, local_source, resolve_path
+from rmlab.model.backbone import load_backbone
+from rmlab.hub import local_source, resolve_path
 from rmlab.model.pooling import LastTokenPooling
 
 

@@ -18,7 +18,7 @@ TEXTS = [
 def _token_ids(backbone_cfg: dict) -> list[list[int]]:
     if not backbone_cfg["packaged"]:
         return [[5 + (7 * i + j) % 150 for j in range(n)] for i, n in enumerate((9, 4, 17))]
-    from rmlab.model.backbone import load_tokenizer
+    from rmlab.hub import load_tokenizer
 
     tokenizer = load_tokenizer(**{k: v for k, v in backbone_cfg.items() if k not in ("kind", "packaged")})
     ids = [tokenizer(t)["input_ids"] for t in TEXTS]

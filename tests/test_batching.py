@@ -119,9 +119,11 @@ def test_split_forward_gives_the_one_forward_rewards_and_gradients(backbone_cfg)
         model = make_reward_model(backbone_cfg, pooling)
         model.split_by_length = split
         side = "left" if backbone_cfg["kind"] == "smollm2" else "right"
-        loss, chosen, rejected = model._pair_step(PairCollator(pad_token_id=0, padding_side=side)(pairs))
+        batch = PairCollator(pad_token_id=0, padding_side=side)(pairs)
+        outputs, positions = model._batch_rewards(batch)
+        loss, chosen, rejected = model._pair_loss(batch, outputs)
         loss.backward()
-        results.append((torch.cat([chosen, rejected]).detach(), model.positions_computed,
+        results.append((torch.cat([chosen, rejected]).detach(), positions,
                         {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     (one, one_positions, one_grads), (two, two_positions, two_grads) = results
     assert one_positions == 8 * 41 and two_positions == 4 * 7 + 4 * 41

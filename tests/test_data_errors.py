@@ -184,7 +184,7 @@ def test_metadata_of_any_shape_rides_along(tmp_path):
 def test_margin_column_values_are_read(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_bytes(jsonl({**GOOD, "m": 0}, {**GOOD2, "m": "2.5"}))
-    margins = build(path, tmp_path, columns={"margin": "m"}).splits["train"]["margin"]
+    margins = build(path, tmp_path, columns={"margin": "m"}).splits["train"]["label_margin"]
     assert margins == [0.0, 2.5] and not any(math.isnan(m) for m in margins)
 
 

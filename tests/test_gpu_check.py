@@ -18,7 +18,8 @@ from conftest import compose_train
 from rmlab.bench.gpu_check import run_step
 from rmlab.config import CONFIG_DIR
 from rmlab.errors import ConfigError
-from rmlab.model.backbone import is_causal_decoder, load_backbone, load_config, load_tokenizer
+from rmlab.model.backbone import load_backbone
+from rmlab.hub import is_causal_decoder, load_config, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ def test_plain_loss():
 
 
 def test_margin_is_subtracted_from_the_reward_difference():
-    loss = BradleyTerryLoss()(CHOSEN, REJECTED, margin=torch.tensor([1.0, 0.0]))
+    loss = BradleyTerryLoss()(CHOSEN, REJECTED, label_margin=torch.tensor([1.0, 0.0]))
     assert loss.item() == pytest.approx((0.313262 + 1.313262) / 2, abs=1e-6)
 
 

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rmlab.model.module import gather_unique, pair_metrics
+from rmlab.model.eval_store import gather_unique
+from rmlab.model.module import pair_metrics
 
 
 def test_pair_metrics_over_a_split_with_ties_as_half():

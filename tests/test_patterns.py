@@ -3,7 +3,7 @@
 import pytest
 
 from rmlab.data.synthetic import POLITE_CLOSERS, POLITE_OPENERS, generate_pairs
-from rmlab.diagnostics.patterns import PATTERNS, detect
+from rmlab.text.patterns import PATTERNS, detect
 
 CASES = {  # detector -> [(text, expected)]
     "markdown_list": [

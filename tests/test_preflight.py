@@ -22,7 +22,7 @@ from wandb_offline import read_run
 from rmlab.config import CONFIG_DIR
 from rmlab.errors import ConfigError, DataError
 from rmlab.launch import UserInputError, short_user_errors, start_logger
-from rmlab.model.backbone import is_causal_decoder, load_tokenizer, resolve_path
+from rmlab.hub import is_causal_decoder, load_tokenizer, resolve_path
 from rmlab.preflight import (check_devices, check_free_space, check_keys, check_pooling, check_split_sizes,
                              checkpoint_bytes, checkpoints_per_dir)
 from rmlab.train import train

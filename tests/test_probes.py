@@ -8,8 +8,9 @@ import pytest
 from rmlab.data.formats import prompt_key
 from rmlab.data.synthetic import generate_pairs
 from rmlab.diagnostics import probes
-from rmlab.diagnostics.patterns import PATTERNS
-from rmlab.diagnostics.probes import SENTENCE, PROBES, Probe, build_probe_items
+from rmlab.text.patterns import PATTERNS
+from rmlab.diagnostics.probes import PROBES, Probe, build_probe_items
+from rmlab.text.rewrites import SENTENCE
 
 
 def make_pair(chosen, rejected="It is 5.", prompt="What is 2 + 2?"):

@@ -21,7 +21,8 @@ from rmlab.data.sources import LocalFiles
 from rmlab.data.tokenize import render, tokenize_pair
 from rmlab.errors import ConfigError, DataError, NonFiniteError
 from rmlab.evaluate import data_config
-from rmlab.model.backbone import load_tokenizer
+from rmlab.hub import load_tokenizer
+from rmlab.model.nonfinite import nonfinite_problem
 from rmlab.model.pooling import LastTokenPooling, MeanPooling
 from rmlab.strict_json import dumps
 from rmlab.train import train
@@ -227,10 +228,10 @@ def test_the_nonfinite_error_names_only_the_pairs_at_fault():
     model = make_reward_model(MINILM, MeanPooling())
     model.trainer = L.Trainer(logger=False, enable_checkpointing=False)
     rewards = torch.tensor([0.5, 1.0, -0.5, 2.0])
-    batch = {"index": torch.tensor([10, 11, 12, 13]), "margin": torch.tensor([0.0, float("inf"), 1.0, 0.0])}
-    loss = model.loss_fn(rewards, torch.zeros(4), batch["margin"])
+    batch = {"index": torch.tensor([10, 11, 12, 13]), "label_margin": torch.tensor([0.0, float("inf"), 1.0, 0.0])}
+    loss = model.loss_fn(rewards, torch.zeros(4), batch["label_margin"])
     with pytest.raises(NonFiniteError) as error:
-        model._nonfinite("train", batch, 7, loss, rewards, torch.zeros(4))
+        nonfinite_problem(model, model.on_nonfinite, "train", batch, 7, loss, rewards, torch.zeros(4))
     assert str(error.value) == ("non-finite loss (inf) or reward at global step 0, epoch 0, train batch 7; pairs: "
                                 "train row 11. Lower model.optimizer.lr, check those pairs, or set "
                                 "model.on_nonfinite=skip to skip such batches")

@@ -99,7 +99,7 @@ def test_pairs_get_the_rewards_evaluation_computes(minilm, tmp_path):
             "(first: line 3), response cut at its end in 0 (first: -)") in result.stdout
     scored = read_jsonl(out)
     assert [{k: r[k] for k in PAIRS[0]} for r in scored] == PAIRS
-    assert all(r["margin"] == r["reward_chosen"] - r["reward_rejected"] for r in scored)
+    assert all(r["reward_margin"] == r["reward_chosen"] - r["reward_rejected"] for r in scored)
 
     # rmlab.evaluate's path: the checkpoint's data config on this file, its test loader, RewardModel.
     model, run_cfg = reward_model(ckpt)
@@ -110,6 +110,17 @@ def test_pairs_get_the_rewards_evaluation_computes(minilm, tmp_path):
     rewards = torch.cat([r for _, r in batches])[torch.argsort(torch.cat([i for i, _ in batches]))]
     assert datamodule.stats["test"]["truncated_prompt"] == 1
     assert [r[k] for r in scored for k in ("reward_chosen", "reward_rejected")] == pytest.approx(rewards.flatten().tolist(), abs=ATOL)
+
+
+def test_a_pairs_file_with_a_margin_column_is_scored_and_keeps_it(minilm, tmp_path):
+    """The data's label margin (`margin`) and the reward difference (`reward_margin`) are two fields."""
+    ckpt, folder = minilm
+    rows = [{**pair, "margin": float(i)} for i, pair in enumerate(PAIRS)]
+    out = tmp_path / "scored.jsonl"
+    run_score([f"model_path={folder}", f"data.path={write_jsonl(tmp_path / 'pairs.jsonl', rows)}", f"out={out}"])
+    scored = read_jsonl(out)
+    assert [{k: r[k] for k in rows[0]} for r in scored] == rows
+    assert all(r["reward_margin"] == r["reward_chosen"] - r["reward_rejected"] for r in scored)
 
 
 def test_every_pair_format_and_file_type_gives_the_same_rewards(minilm, tmp_path):
@@ -159,6 +170,8 @@ def test_bf16_scoring_stays_close_to_fp32(minilm, tmp_path):
      "rows.jsonl line 2: expected an object with named fields, got list (format 'prompt_response')"),
     (['{"prompt": "a", "response": "b", "reward": 1.0}'],
      "rows.jsonl line 1: already has a field 'reward', which scoring would overwrite"),
+    (['{"prompt": "a", "chosen": "b", "rejected": "c", "margin": 1.0, "reward_margin": 0.5}'],
+     "rows.jsonl line 1: already has a field 'reward_margin', which scoring would overwrite"),
 ])
 def test_a_bad_row_stops_with_file_line_and_problem(content, error, tmp_path):
     rows = write_jsonl(tmp_path / "rows.jsonl", content)

@@ -112,7 +112,7 @@ def rmlab_leg(cfg: DictConfig, model: str, data: dict, precision: str, causal: b
 def baseline_leg(cfg: DictConfig, impl: str, data: dict, precision: str, params: int, layers: int, hidden: int,
                  causal: bool, out: Path) -> dict:
     (_, train_ids), (_, test_ids) = data["files"]["train"], data["files"]["test"]
-    from rmlab.model.backbone import local_source
+    from rmlab.hub import local_source
 
     backbone = data["backbone"]
     spec = {"impl": impl, "model_dir": local_source(backbone["name_or_path"], backbone.get("gguf_file")),
@@ -133,7 +133,8 @@ def baseline_leg(cfg: DictConfig, impl: str, data: dict, precision: str, params:
 
 def shape(name: str) -> tuple[int, int, int, bool]:
     """(matmul parameters, layers, hidden size, causal) of a model, as rmlab's throughput counts them."""
-    from rmlab.model.backbone import is_causal_decoder, load_backbone
+    from rmlab.model.backbone import load_backbone
+    from rmlab.hub import is_causal_decoder
     from rmlab.throughput import matmul_parameters
 
     backbone = load_backbone(**{k: v for k, v in OmegaConf.to_container(model_config(name).backbone).items()

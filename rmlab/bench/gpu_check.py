@@ -121,7 +121,7 @@ def parameters(overrides: list[str]) -> int:
     """Parameters of the backbone these rmlab.train overrides build (built on the meta device: no memory)."""
     from rmlab.model.backbone import load_backbone
 
-    from rmlab.model.backbone import load_tokenizer
+    from rmlab.hub import load_tokenizer
 
     backbone = OmegaConf.to_container(hydra.compose(config_name="train", overrides=overrides).model.backbone)
     load_tokenizer(**backbone)  # outside the meta device: a GGUF tokenizer's first load dequantises weights into its cache

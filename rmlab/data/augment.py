@@ -5,10 +5,10 @@ flattery) in place of quality. Counterfactual data augmentation adds pairs in wh
 disagree, so that the cue alone stops predicting the label: the chosen answer against a copy of
 itself with one real flaw (a wrong number, a flipped statement, a cut-off ending), or against the
 rejected answer dressed up with filler, markup or flattery. This follows "RRM: Robust Reward Model
-Training Mitigates Reward Hacking" (Liu et al., 2024), which augments reward-model training data
+Training Mitigates Reward Hacking" (Liu et al., 2024, arXiv 2409.13156), which augments reward-model training data
 with counterfactual pairs so that artifacts independent of the answer's quality lose their
 predictive power, and counterfactually augmented data in NLP ("Learning the Difference that Makes
-a Difference with Counterfactually-Augmented Data", Kaushik et al., 2020).
+a Difference with Counterfactually-Augmented Data", Kaushik et al., 2020, arXiv 1909.12434).
 
 The evaluation probes (rmlab.diagnostics.probes) apply the same kinds of rewrite to held-out pairs.
 Augmentation is kept apart from them so that a probe score measures whether the model learned the
@@ -36,7 +36,7 @@ from collections import Counter
 from typing import Sequence
 
 # The probes' rewrites without phrase banks are reused: they add no text a probe could recognise.
-from rmlab.diagnostics.probes import PROBES, SENTENCE, _negation, _off_topic, _wrap, _wrong_number, cut_words
+from rmlab.text.rewrites import SENTENCE, TARGETS, cut_words, negation, off_topic, wrap, wrong_number
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ BULLET = re.compile(r"^[ \t]*[-*+][ \t]+", re.MULTILINE)
 
 
 def _insult(text, rng, pair, pool):
-    return _wrap(rng.choice(INSULT_OPENERS), text, rng.choice(INSULT_CLOSERS))
+    return wrap(rng.choice(INSULT_OPENERS), text, rng.choice(INSULT_CLOSERS))
 
 
 def _truncate(text, rng, pair, pool):
@@ -92,7 +92,7 @@ def _repetition(text, rng, pair, pool):
 
 
 def _filler(text, rng, pair, pool):
-    return _wrap(rng.choice(FILLER_BEFORE), text, rng.choice(FILLER_AFTER))
+    return wrap(rng.choice(FILLER_BEFORE), text, rng.choice(FILLER_AFTER))
 
 
 def _markdown(text, rng, pair, pool):
@@ -107,23 +107,23 @@ def _markdown(text, rng, pair, pool):
 
 
 def _sycophancy(text, rng, pair, pool):
-    return _wrap(rng.choice(SYCOPHANTIC_OPENERS), text, "")
+    return wrap(rng.choice(SYCOPHANTIC_OPENERS), text, "")
 
 
 # One rewrite per probe kind; which answer it rewrites (and whether that is a flaw or an inflation)
-# comes from the probe of the same name, so the two tables cannot disagree.
+# comes from the table the probes read too (rmlab.text.rewrites.TARGETS), so the two cannot disagree.
 _REWRITES = {
-    "wrong_number": _wrong_number, "negation": _negation, "insult": _insult, "truncate": _truncate,
-    "repetition": _repetition, "off_topic": _off_topic, "filler": _filler, "markdown": _markdown,
+    "wrong_number": wrong_number, "negation": negation, "insult": _insult, "truncate": _truncate,
+    "repetition": _repetition, "off_topic": off_topic, "filler": _filler, "markdown": _markdown,
     "sycophancy": _sycophancy,
 }
-KINDS: dict[str, str] = {name: PROBES[name].kind for name in _REWRITES}
+KINDS: dict[str, str] = {name: TARGETS[name][1] for name in _REWRITES}
 DEFAULT_KINDS = ("wrong_number", "negation", "truncate", "filler", "markdown")  # the others stay held out
 
 
 def _rewrite(kind: str, pair: dict, rng: random.Random, pool: list[dict]) -> str | None:
     """The new rejected text of `kind` for `pair`, or None where the kind does not apply."""
-    original = pair[PROBES[kind].source]
+    original = pair[TARGETS[kind][0]]
     text = _REWRITES[kind](original, rng, pair, pool)
     # A rewrite equal to the chosen answer would teach the model to reject a good answer.
     return None if text is None or text in (original, pair["chosen"]) else text

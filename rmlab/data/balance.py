@@ -6,8 +6,11 @@ pattern where the rejected one lacks it), -1 when the rejected one has more, 0 w
 `balance_weights` finds per-pair weights (raking / iterative proportional fitting, Deming & Stephan
 1940) under which every cue's +1 and -1 pairs weigh the same, so no cue predicts the label any more;
 pairs where the cue is even keep their weight. This is importance weighting of a biased sample, as in
-Zhu et al. (2024, "Iterative data smoothing") and the length-balanced subsets of Singhal et al.
-(2023, "A long way to go: investigating length correlations in RLHF"), done for several cues jointly.
+Zhu et al. (2024, "Iterative data smoothing", arXiv 2401.16335) and the length-balanced subsets of
+Singhal et al. (2023, "A long way to go: investigating length correlations in RLHF", arXiv 2310.03716),
+done for several cues jointly: raking rescales the +1 and -1 pairs of each cue in turn,
+w <- w * (W / 2) / W_sign (W the cue's total weight over its uneven pairs, W_sign that of one sign),
+until every cue is balanced.
 
     signs = cue_signs(train, ["length", "markdown_list"])
     weights = balance_weights(signs)          # mean 1; the loss weighs pairs by them (reweight) or
@@ -22,7 +25,7 @@ from typing import Sequence
 import torch
 from datasets import Dataset
 
-from rmlab.diagnostics.patterns import PATTERNS
+from rmlab.text.patterns import PATTERNS
 from rmlab.errors import ConfigError
 
 BALANCE_METHODS = ("none", "reweight", "resample")
@@ -55,7 +58,7 @@ def cue_signs(pairs: Dataset, cues: Sequence[str]) -> torch.Tensor:
 
 def balance_weights(signs: torch.Tensor, cues: Sequence[str] | None = None, tolerance: float = 1e-9,
                     max_iterations: int = 1000) -> torch.Tensor:
-    """Per-pair weights, mean 1, under which for every cue the pairs with sign +1 weigh exactly as
+    """signs [N pairs, C cues] in {-1, 0, +1} -> [N] float64 per-pair weights, mean 1, under which for every cue the pairs with sign +1 weigh exactly as
     much as those with sign -1 (to `tolerance`). Raises when a cue has pairs on one side only (no
     weighting can balance that) or the cues cannot be balanced jointly."""
     names = list(cues) if cues is not None else [str(j) for j in range(signs.shape[1])]

@@ -1,4 +1,4 @@
-"""Batches of pairs.
+"""Batches of pairs, in the layouts the batch contract (rmlab.data.batch) defines key by key.
 
 PairCollator: dynamic padding; a batch of B pairs becomes one [2B, L] tensor (chosen rows, then
 rejected rows). SharedPromptCollator (causal decoders only): each pair becomes ONE row
@@ -15,15 +15,17 @@ from typing import Any
 
 import torch
 
+from rmlab.data.batch import CHOSEN, PAD, PROMPT, REJECTED, Batch
+
 PACKING = ("none", "shared_prompt")
-PAD, PROMPT, CHOSEN, REJECTED = -1, 0, 1, 2  # `segments` values
 
 
-def _pair_extras(features: list[dict[str, Any]], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _pair_extras(features: list[dict[str, Any]], batch: Batch) -> Batch:
+    """The optional keys of the batch contract (rmlab.data.batch) that the split's rows carry."""
     if "index" in features[0]:
         batch["index"] = torch.tensor([int(f["index"]) for f in features])
-    if "margin" in features[0]:
-        batch["margin"] = torch.tensor([float(f["margin"]) for f in features])
+    if "label_margin" in features[0]:
+        batch["label_margin"] = torch.tensor([float(f["label_margin"]) for f in features])
     if "balance_weight" in features[0]:  # data.balance.method=reweight
         batch["weight"] = torch.tensor([float(f["balance_weight"]) for f in features])
     if "chosen_response_tokens" in features[0]:  # [2B], as the rows: for the length-aware losses
@@ -51,7 +53,8 @@ class PairCollator:
             attention_mask[row, span] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> Batch:
+        """The padded layout of rmlab.data.batch: [2B, L], chosen rows then rejected rows."""
         batch = self.pad([f["chosen_input_ids"] for f in features] + [f["rejected_input_ids"] for f in features])
         return _pair_extras(features, batch)
 
@@ -78,7 +81,8 @@ class SharedPromptCollator:
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> Batch:
+        """The packed layout of rmlab.data.batch: [B, L], one row per pair."""
         rows = [pack_pair(f["chosen_input_ids"], f["rejected_input_ids"]) for f in features]
         length = max(len(ids) for ids, _, _ in rows)
         input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Callable
 
 import lightning as L
@@ -15,53 +12,20 @@ import pyarrow.compute as pc
 from jinja2 import TemplateError
 from datasets import Dataset, concatenate_datasets
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
-from rmlab import strict_json
 from rmlab.data.augment import augment_pairs
 from rmlab.data.balance import BALANCE_METHODS, balance_weights, check_cues, cue_signs, effective_pairs, length_gaps
 from rmlab.data.collate import PACKING, make_collator
-from rmlab.data.formats import (FORMATS, PairFormatError, check_pair, detect_format, prompt_key, read_margin,
-                                stored_messages, to_pair)
+from rmlab.data.formats import FORMATS
+from rmlab.data.rows import BAD_ROW_POLICIES, DEFAULT_COLUMNS, bad_row, normalise_rows, write_rejects
 from rmlab.data.samplers import LengthSortedSampler, ResumableSampler
 from rmlab.data.sources import SPLITS, LocalFiles, split_of
 from rmlab.data.tokenize import check_chat_template, special_token_frame, tokenize_pair, use_chat_template
 from rmlab.errors import ConfigError, DataError
-from rmlab.model.backbone import is_causal_decoder, load_config, load_tokenizer
+from rmlab.hub import is_causal_decoder, load_config, load_tokenizer
 
 log = logging.getLogger(__name__)
-BAD_ROW_POLICIES = ("error", "skip")
-SKIP_HINT = "data.on_bad_row=skip skips such rows (counted, and written to data.rejects_file)"
-DEFAULT_COLUMNS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "margin": None}
-
-
-def _fields(row: dict[str, Any], from_file: bool) -> tuple[Any, str | None]:
-    """A row's fields and the reader's problem with it (LocalFiles rows carry their JSON text)."""
-    if not from_file:
-        return row, None
-    return json.loads(row["raw"]), row["problem"]
-
-
-def _bad_row(policy: str, where: str, problem: str) -> None:
-    if policy == "error":
-        raise DataError(f"{where}: {problem}. {SKIP_HINT}")
-
-
-def _scalar(value: Any) -> Any:
-    """A metadata value as a column can hold it whatever the other rows have: lists and objects as JSON text."""
-    return json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, (list, dict)) else value
-
-
-@rank_zero_only
-def _write_rejects(path: str, rejects: list[dict]) -> None:
-    file = Path(path)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    with file.open("w", encoding="utf-8") as handle:
-        for reject in rejects:
-            handle.write(strict_json.dumps(reject, ensure_ascii=False, default=str) + "\n")
-
-
 def _tokenize_row(pair: dict[str, Any], **settings: Any) -> dict[str, Any]:
     """tokenize_pair, with a row the chat template cannot render named by its file and line."""
     try:
@@ -184,81 +148,14 @@ class PreferenceDataModule(L.LightningDataModule):
         self.stats: dict[str, dict[str, int]] = {}
 
     # -- loading ---------------------------------------------------------------------------
-    def _detect_format(self, raw: Dataset, origin: str, from_file: bool) -> tuple[str, list[str]]:
-        """The pair format (data.format, or detected from the first readable row) and, for files,
-        the metadata columns kept beside the pair (the other fields of that row)."""
-        skipped, policy = [], self.on_bad_row
-        for index in range(len(raw)):
-            row = raw[index]
-            fields, problem = _fields(row, from_file)
-            where = row["origin"] if from_file else f"{origin} row {index + 1}"
-            if problem is None and not isinstance(fields, Mapping):
-                problem = f"expected an object with named fields, got {type(fields).__name__}"
-            if problem is None:
-                try:
-                    fmt = detect_format(fields, self.columns) if self.format == "auto" else self.format
-                except PairFormatError as err:
-                    problem = str(err)
-            if problem is not None:
-                _bad_row(policy, where, problem)
-                skipped.append(f"{where}: {problem}")
-                continue
-            used = {self.columns[c] for c in ("prompt", "chosen", "rejected", "margin")}
-            return fmt, [key for key in fields if key not in used] if from_file else []
-        raise DataError(f"{origin}: no row can be read as a preference pair (first: {skipped[0]})")
-
     def _normalise(self, raw: Dataset, origin: str, split: str) -> Dataset:
-        """Rows -> {prompt, chosen, rejected[, margin], prompt_key, origin, metadata...}. A row that
-        is not a usable pair stops the run naming its file, line and problem (data.on_bad_row=error)
-        or is skipped, counted and kept in `self.rejects` (skip). Nothing is dropped silently."""
-        if len(raw) == 0:
-            raise DataError(f"{origin}: no rows")
-        from_file = "raw" in raw.column_names
-        fmt, metadata = self._detect_format(raw, origin, from_file)
-        margin_column = self.columns["margin"]
-        if margin_column and not from_file and margin_column not in raw.column_names:
-            raise DataError(f"{origin}: data.columns.margin={margin_column!r} is not a column; columns are {raw.column_names}")
-        placeholder = {"prompt": [{"role": "user", "content": ""}], "chosen": "", "rejected": ""}
-        # Plain values only in the closure: `datasets` fingerprints it to cache this step and the next.
-        policy, columns = self.on_bad_row, self.columns
-
-        def normalise(row: dict[str, Any], index: int) -> dict[str, Any]:
-            where = row["origin"] if from_file else f"{origin} row {index + 1}"
-            fields, problem = _fields(row, from_file)
-            pair = None
-            if problem is None:
-                try:
-                    pair = to_pair(fields, fmt, columns)
-                    check_pair(pair)
-                    if margin_column:
-                        pair["margin"] = read_margin(fields.get(margin_column), margin_column)
-                except PairFormatError as err:
-                    problem, pair = f"{err} (format {fmt!r})", None
-            if problem is not None:
-                _bad_row(policy, where, problem)
-                pair = {**placeholder, **({"margin": 0.0} if margin_column else {})}
-            pair.update(prompt_key=prompt_key(pair["prompt"]), origin=where, problem=problem,
-                        prompt=stored_messages(pair["prompt"]), reply_fields=pair.get("reply_fields"))
-            if from_file:  # the file's other fields ride along (e.g. `subset` for the bias report)
-                pair.update({key: _scalar(fields.get(key)) if isinstance(fields, Mapping) else None for key in metadata})
-            return pair
-
-        # The raw chosen/rejected columns are replaced; other columns (metadata) are kept.
-        drop = ["raw", "problem", "origin"] if from_file else [
-            c for c in (self.columns["prompt"], self.columns["chosen"], self.columns["rejected"]) if c in raw.column_names]
-        pairs = raw.map(normalise, with_indices=True, remove_columns=drop, desc=f"reading {origin}")
-        bad = [i for i, problem in enumerate(pairs["problem"]) if problem is not None]
-        if bad:
-            rejected = pairs.select(bad)
-            origins, problems = rejected["origin"], rejected["problem"]
-            rows = [_fields(r, from_file)[0] for r in raw.select(bad)]
-            self.rejects += [{"split": split, "origin": o, "problem": p, "row": r} for o, p, r in zip(origins, problems, rows)]
-            if len(bad) == len(pairs):
-                raise DataError(f"{origin}: every row was rejected (first: {origins[0]}: {problems[0]})")
-            pairs = pairs.select(sorted(set(range(len(pairs))) - set(bad)))
-        self.rejected[split] = len(bad)
+        """The split's rows as pairs (rmlab.data.rows.normalise_rows); bad rows skipped are kept in
+        `self.rejects` and counted, replies with extra fields counted."""
+        pairs, rejects = normalise_rows(raw, origin, self.columns, self.format, self.on_bad_row)
+        self.rejects += [{"split": split, **reject} for reject in rejects]
+        self.rejected[split] = len(rejects)
         self._count_reply_fields(pairs, origin, split)
-        return pairs.remove_columns(["problem", "reply_fields"])
+        return pairs.remove_columns(["reply_fields"])
 
     def _count_reply_fields(self, pairs: Dataset, origin: str, split: str) -> None:
         """Final replies with fields beside their content (e.g. tool_calls): a pair scores the reply's
@@ -320,7 +217,7 @@ class PreferenceDataModule(L.LightningDataModule):
                            "outside its vocabulary become its unknown token, some spacing is normalised away), so the pair "
                            "cannot teach a preference")
             if not made_here:
-                _bad_row(self.on_bad_row, row["origin"], problem)
+                bad_row(self.on_bad_row, row["origin"], problem)
             fields = {k: row[k] for k in ("prompt", "chosen", "rejected")}
             self.rejects.append({"split": split, "origin": row["origin"], "problem": problem, "row": fields})
         log.warning("%s: %d pairs set aside whose two responses tokenize to the same ids (first: %s)", split, len(same),
@@ -386,8 +283,8 @@ class PreferenceDataModule(L.LightningDataModule):
             raise DataError(f"{getattr(self.source, 'describe', lambda split: split)('train')}: the data has a column "
                             "named 'augment', the name data.augment marks its pairs with; rename that column")
         extra = augment_pairs(train.to_list(), self.augment["share"], self.augment["kinds"], self.seed)
-        if "margin" in train.column_names:  # the source pair's margin was set for its own rejected answer
-            extra = [{**pair, "margin": 0.0} for pair in extra]
+        if "label_margin" in train.column_names:  # the source pair's margin was set for its own rejected answer
+            extra = [{**pair, "label_margin": 0.0} for pair in extra]
         log.info("train: %d counterfactual pairs added (data.augment: share %s of %s)", len(extra),
                  self.augment["share"], list(self.augment["kinds"]))
         train = train.add_column("augment", [""] * len(train))
@@ -421,7 +318,7 @@ class PreferenceDataModule(L.LightningDataModule):
         log.warning("skipped %d bad rows (data.on_bad_row=skip) %s, written to %s; first: %s: %s",
                     len(self.rejects), counts, self.rejects_file or "(no data.rejects_file)", first["origin"], first["problem"])
         if self.rejects_file:
-            _write_rejects(self.rejects_file, self.rejects)
+            write_rejects(self.rejects_file, self.rejects)
 
     def encode_response(self, prompt: list[dict], response: str) -> list[int]:
         """Token ids the model reads for one (prompt, response), as in training; over-long ones are
@@ -442,7 +339,7 @@ class PreferenceDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         full = self.splits[split]
         columns = ["index", "chosen_input_ids", "rejected_input_ids", "chosen_response_tokens", "rejected_response_tokens",
-                   *(["margin"] if self.columns["margin"] else []), *(["balance_weight"] if "balance_weight" in full.column_names else [])]
+                   *(["label_margin"] if self.columns["margin"] else []), *(["balance_weight"] if "balance_weight" in full.column_names else [])]
         dataset = full.select_columns(columns)
         batch_size = self.batch_size if split == "train" else self.eval_batch_size
         if shuffle:

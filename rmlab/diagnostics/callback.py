@@ -16,15 +16,15 @@ from lightning.pytorch.trainer.states import TrainerFn
 from rmlab.data.collate import PairCollator
 from rmlab.diagnostics import report as bias_report
 from rmlab.diagnostics.probes import build_probe_items
-from rmlab.model.module import gather_unique
+from rmlab.model.eval_store import gather_unique
 
 log = logging.getLogger(__name__)
 
 
-def augment_kinds(pl_module: L.LightningModule) -> tuple[list[str], bool]:
-    """data.augment.kinds of the model's run config (attached by rmlab.train and rmlab.evaluate), and
-    whether augmentation was on (share > 0): the probes of those kinds are not held out."""
-    augment = ((getattr(pl_module, "run_config", None) or {}).get("data") or {}).get("augment") or {}
+def augment_kinds(augment: dict | None) -> tuple[list[str], bool]:
+    """The kinds of a run's data.augment settings, and whether augmentation was on (share > 0): the
+    probes of those kinds are not held out."""
+    augment = augment or {}
     return list(augment.get("kinds") or []), bool(augment.get("share"))
 
 
@@ -39,13 +39,16 @@ class BiasDiagnostics(L.Callback):
     Under DDP the rewards are every rank's, each pair once (the module gathers them by row index,
     so the duplicates a DistributedSampler pads with are counted once) and the probe set is scored
     in shards; tables, images and files come from rank 0.
+
+    `augment` is the data.augment settings the model was trained with (rmlab.train and rmlab.evaluate
+    pass them): probes of the kinds it trained on are reported apart from the held-out ones.
     """
 
     def __init__(self, enabled: bool = True, probes: Sequence[str] | None = None, val_probe_pairs: int | None = 100,
                  test_probe_pairs: int | None = 500, probe_seed: int = 0, bucket_width: int = 100,
                  match_tolerance: float = 0.1, calibration_bins: int = 10, top_fraction: float = 0.25, worst_k: int = 20,
                  subset_columns: Sequence[str] = ("subset", "task", "flaw"), report_dir: str | None = None,
-                 report_title: str = "Reward model bias report"):
+                 report_title: str = "Reward model bias report", augment: dict | None = None):
         self.enabled = enabled
         self.probes = list(probes) if probes is not None else None
         self.probe_pairs = {"val": val_probe_pairs, "test": test_probe_pairs}
@@ -54,6 +57,7 @@ class BiasDiagnostics(L.Callback):
                          "top_fraction": top_fraction, "worst_k": worst_k, "subset_columns": tuple(subset_columns)}
         self.report_dir = Path(report_dir) if report_dir else None
         self.report_title = report_title
+        self.augment = dict(augment) if augment else None
         self.last_report: dict[str, Any] | None = None
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -99,10 +103,10 @@ class BiasDiagnostics(L.Callback):
 
     def _diagnose(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         start = time.perf_counter()
-        index, rewards = pl_module.eval_rewards(stage)  # the whole split, gathered from every rank
-        if len(index) == 0:
+        scored = pl_module.eval_rewards(stage)  # the whole split, gathered from every rank
+        if len(scored) == 0:
             return
-        split = trainer.datamodule.splits[stage].select(index.tolist())
+        split = trainer.datamodule.splits[stage].select(scored.index.tolist())
         columns = [c for c in split.column_names if not c.endswith("_input_ids")]
         pairs = split.select_columns(columns).to_dict()
         rows = [dict(zip(pairs, values)) for values in zip(*pairs.values())]
@@ -114,8 +118,8 @@ class BiasDiagnostics(L.Callback):
             log.info("%s: scoring %d probe responses (%d left out: change cut off by data.max_length)",
                      stage, len(items), sum(invisible.values()))
         item_rewards = self._score(trainer, pl_module, items) if items else None
-        reward_chosen, reward_rejected = rewards[:, 0], rewards[:, 1]
-        kinds, augmented = augment_kinds(pl_module)
+        reward_chosen, reward_rejected = scored.reward_chosen, scored.reward_rejected
+        kinds, augmented = augment_kinds(self.augment)
         report = bias_report.build_report(pairs, reward_chosen, reward_rejected, items, item_rewards,
                                           augment_kinds=kinds, augmented=augmented, **self.settings)
         for name, probe in report["probes"].items():

@@ -10,7 +10,7 @@ import torch
 
 from rmlab import strict_json
 from rmlab.diagnostics import metrics
-from rmlab.diagnostics.patterns import PATTERNS
+from rmlab.text.patterns import PATTERNS
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected", "chosen_response_tokens", "rejected_response_tokens")
 

@@ -10,8 +10,8 @@ from torch import nn
 
 
 def batch_correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation of two 1-D tensors, differentiable; 0 when either is constant (or < 3 points),
-    so a batch of equal-length responses adds no penalty."""
+    """Pearson correlation of x, y ([N] each) as a 0-d tensor, differentiable; 0 when either is constant
+    (or N < 3), so a batch of equal-length responses adds no penalty."""
     if x.numel() < 3:
         return x.sum() * 0.0
     x, y = x.float() - x.float().mean(), y.float() - y.float().mean()
@@ -20,22 +20,26 @@ def batch_correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class BradleyTerryLoss(nn.Module):
-    """Bradley-Terry pairwise loss, -log sigmoid(r_chosen - r_rejected - margin).
+    """Bradley-Terry pairwise loss over B pairs, with d = r_chosen - r_rejected - label_margin:
 
-    Bradley & Terry (1952); as used for RLHF reward models by Ouyang et al. (2022), with the
-    per-pair margin of Touvron et al. (Llama 2, 2023) and the reward-centering auxiliary term
-    `coef * mean((r_c + r_r)^2)` of Eisenstein et al. (2023). Label smoothing treats each label as
-    correct with probability 1 - label_smoothing (conservative/"cDPO"-style smoothing).
-    `logsigmoid` keeps the loss finite for any margin (never log(sigmoid(x) + eps)).
+        loss = mean_b w_b * [-(1 - eps) log sigmoid(d_b) - eps log sigmoid(-d_b)]
+               + center_rewards_coef * mean_b (r_chosen,b + r_rejected,b)^2
+               + length_penalty_coef * corr(r, response tokens)^2      (over the batch's 2B responses)
 
-    Debiasing (README "Debiasing"): `weight` weighs each pair (data.balance.method=reweight; weights of
-    mean 1 over the data set, so the loss keeps its scale), and `length_penalty_coef` adds
-    coef * corr(reward, response tokens)^2 over the batch's responses, which pushes the reward to carry
+    Bradley & Terry (1952), Biometrika 39; the reward-model loss of Ouyang et al. (2022, InstructGPT,
+    arXiv 2203.02155, Eq. 1); the per-pair label margin of Touvron et al. (2023, Llama 2, arXiv
+    2307.09288, Eq. 2); the reward-centering auxiliary term of Eisenstein et al. (2023, "Helping or
+    herding?", arXiv 2312.09244), as TRL's `center_rewards_coefficient`. Label smoothing eps treats each
+    label as correct with probability 1 - eps (conservative/"cDPO"-style). `logsigmoid` keeps the loss
+    finite for any margin (never log(sigmoid(x) + eps)).
+
+    Debiasing (README "Debiasing"): `weight` w weighs each pair (data.balance.method=reweight; weights of
+    mean 1 over the data set, so the loss keeps its scale); the length term pushes the reward to carry
     no linear trace of length within a batch (the correlation penalty of Shen et al. 2023, "Loose lips
-    sink ships", and Chen et al. 2024, ODIN).
+    sink ships", arXiv 2310.05199, and of Chen et al. 2024, ODIN, arXiv 2402.07319).
     """
 
-    heads = 1  # reward-head outputs this loss reads
+    num_heads = 1  # reward-head outputs this loss reads
 
     def __init__(self, center_rewards_coef: float = 0.0, label_smoothing: float = 0.0, length_penalty_coef: float = 0.0):
         super().__init__()
@@ -49,13 +53,15 @@ class BradleyTerryLoss(nn.Module):
         self,
         reward_chosen: torch.Tensor,
         reward_rejected: torch.Tensor,
-        margin: torch.Tensor | None = None,
+        label_margin: torch.Tensor | None = None,
         weight: torch.Tensor | None = None,
         response_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Scalar loss. reward_chosen, reward_rejected, label_margin (the data's), weight: [B];
+        response_tokens: [2B] (chosen rows, then rejected)."""
         logits = reward_chosen - reward_rejected
-        if margin is not None:
-            logits = logits - margin
+        if label_margin is not None:
+            logits = logits - label_margin
         eps = self.label_smoothing
         loss = -(1.0 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)
         loss = (loss * weight).mean() if weight is not None else loss.mean()
@@ -69,27 +75,32 @@ class BradleyTerryLoss(nn.Module):
 
 class OdinLoss(BradleyTerryLoss):
     """Disentangled two-head reward (ODIN, Chen et al. 2024, "ODIN: Disentangled Reward Mitigates
-    Hacking in RLHF"): head 0 is meant for quality, head 1 for length. Bradley-Terry trains their sum;
-    `length_coef` * (|corr(quality, length)| - corr(length head, length)) pushes length into head 1 (rising
-    with length, so the sum can still fit a length preference of the labels) and out of head 0, and
-    `orthogonal_coef` * |cos(w_quality, w_length)| keeps the two heads' weights apart.
+    Hacking in RLHF", arXiv 2402.07319): head 0 is meant for quality, head 1 for length.
+
+        loss = BT(r_q + r_l) + length_coef * (|corr(r_q, L)| - corr(r_l, L)) + orthogonal_coef * |cos(w_q, w_l)|
+
+    with BT the BradleyTerryLoss above on the summed heads, L the response lengths in tokens, w_q, w_l
+    the two rows of the head's weight. The length term pushes length into head 1 (rising with length,
+    so the sum can still fit a length preference of the labels) and out of head 0; the orthogonality
+    term keeps the two heads' weights apart.
     Rewards used for evaluation and scoring are the quality head's (RewardModel.forward).
 
     Takes [B, 2] rewards while training; [B] rewards (the quality head alone, as evaluation gives
     them) get the plain Bradley-Terry loss.
     """
 
-    heads = 2
+    num_heads = 2  # quality, length
 
     def __init__(self, length_coef: float = 1.0, orthogonal_coef: float = 1.0, center_rewards_coef: float = 0.0,
                  label_smoothing: float = 0.0, length_penalty_coef: float = 0.0):
         super().__init__(center_rewards_coef, label_smoothing, length_penalty_coef)
         self.length_coef, self.orthogonal_coef = length_coef, orthogonal_coef
 
-    def forward(self, reward_chosen, reward_rejected, margin=None, weight=None, response_tokens=None, head_weight=None):
+    def forward(self, reward_chosen, reward_rejected, label_margin=None, weight=None, response_tokens=None, head_weight=None):
+        """Scalar loss. Rewards [B, 2] (quality, length heads) or [B]; head_weight [2, hidden]; the rest as BradleyTerryLoss."""
         if reward_chosen.dim() == 1:
-            return super().forward(reward_chosen, reward_rejected, margin, weight)
-        loss = super().forward(reward_chosen.sum(-1), reward_rejected.sum(-1), margin, weight, response_tokens)
+            return super().forward(reward_chosen, reward_rejected, label_margin, weight)
+        loss = super().forward(reward_chosen.sum(-1), reward_rejected.sum(-1), label_margin, weight, response_tokens)
         if response_tokens is not None and self.length_coef:
             quality, length = torch.cat([reward_chosen, reward_rejected]).unbind(-1)
             loss = loss + self.length_coef * (batch_correlation(quality, response_tokens).abs()
@@ -134,6 +145,7 @@ class AllPairsBradleyTerryLoss(nn.Module):
         self.margin_scale = margin_scale
 
     def forward(self, rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """rewards, scores: [B, K]; mask: [B, K] bool -> scalar loss."""
         better, _ = ordered_pairs(scores, mask)
         logits = rewards[:, :, None] - rewards[:, None, :] - self.margin_scale * (scores[:, :, None] - scores[:, None, :])
         return -F.logsigmoid(logits[better]).mean()
@@ -150,6 +162,7 @@ class PlackettLuceLoss(nn.Module):
     """
 
     def forward(self, rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """rewards, scores: [B, K]; mask: [B, K] bool -> scalar loss."""
         # [B, K(i), K(j)]: j is still in the running when i is chosen (not ranked above i).
         remaining = mask[:, None, :] & (scores[:, None, :] <= scores[:, :, None])
         logits = rewards[:, None, :].expand_as(remaining).masked_fill(~remaining, float("-inf"))
@@ -171,6 +184,7 @@ class DavidsonTiesLoss(nn.Module):
         self.log_nu = math.log(tie_strength)
 
     def forward(self, rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """rewards, scores: [B, K]; mask: [B, K] bool -> scalar loss."""
         better, tied = ordered_pairs(scores, mask)
         half = (rewards[:, :, None] - rewards[:, None, :]) / 2
         log_norm = torch.logsumexp(torch.stack([half, -half, torch.full_like(half, self.log_nu)]), dim=0)

@@ -1,32 +1,40 @@
-"""The reward model as a LightningModule: backbone -> pooling -> Linear(hidden, 1) -> pairwise loss."""
+"""The reward model as a LightningModule: backbone -> pooling -> Linear(hidden, 1) -> pairwise loss.
+
+The module holds the network, the loss call and the Lightning hooks; the eval-reward store
+(model/eval_store.py), the non-finite policy (model/nonfinite.py) and the optimizer and fused
+clipping (model/optim.py) live in modules of their own. Batches follow rmlab.data.batch.
+"""
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 from typing import Any, Callable
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import nn
 
+from rmlab.data.batch import Batch, group_count
 from rmlab.data.collate import packed_attention, sequence_masks
-from rmlab.errors import ConfigError, NonFiniteError
-from rmlab.model.backbone import apply_lora, is_causal_decoder, load_backbone
+from rmlab.errors import ConfigError
+from rmlab.hub import is_causal_decoder
+from rmlab.model import optim
+from rmlab.model.backbone import apply_lora, load_backbone
+from rmlab.model.eval_store import EvalRewardStore, ScoredPairs
+from rmlab.model.nonfinite import check_policy, nonfinite_problem
 
 log = logging.getLogger(__name__)
-NONFINITE_POLICIES = ("stop", "skip")
 
 
-def pair_correct(margin: torch.Tensor) -> torch.Tensor:
-    """1 where chosen outscores rejected, 0.5 on a tie (a constant scorer gets exactly chance)."""
-    return (margin > 0).float() + 0.5 * (margin == 0).float()
+def pair_correct(reward_margin: torch.Tensor) -> torch.Tensor:
+    """[B] -> [B]: 1 where chosen outscores rejected (reward_margin = r_chosen - r_rejected > 0), 0.5 on
+    a tie (a constant scorer gets exactly chance)."""
+    return (reward_margin > 0).float() + 0.5 * (reward_margin == 0).float()
 
 
 def pair_metrics(stage: str, reward_chosen: torch.Tensor, reward_rejected: torch.Tensor, loss: torch.Tensor) -> dict[str, float]:
-    """Accuracy, loss, mean margin and reward moments of one split, from every pair's rewards."""
+    """Accuracy, loss, mean reward margin and reward moments of one split, from every pair's rewards ([N] each)."""
     margin = reward_chosen - reward_rejected
     out = {f"{stage}/acc": pair_correct(margin).mean(), f"{stage}/loss": loss, f"{stage}/margin": margin.mean()}
     for side, rewards in (("chosen", reward_chosen), ("rejected", reward_rejected)):
@@ -35,28 +43,8 @@ def pair_metrics(stage: str, reward_chosen: torch.Tensor, reward_rejected: torch
     return {key: float(value) for key, value in out.items()}
 
 
-def gather_unique(module: L.LightningModule, index: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every rank's (index, values) rows on every rank, each index once, sorted by index (on CPU).
-
-    A DistributedSampler pads the last shard with repeats of the first rows so that every rank gets
-    as many batches; their index is seen twice and is kept once, so a split is counted exactly.
-    """
-    if module.trainer.world_size > 1:
-        device = module.device
-        size = int(module.all_gather(torch.tensor(len(index), device=device)).max())
-        pad = size - len(index)
-        index = torch.cat([index.to(device), torch.full((pad,), -1, device=device, dtype=index.dtype)])
-        values = torch.cat([values.to(device), values.new_zeros((pad, *values.shape[1:])).to(device)])
-        index, values = module.all_gather(index).flatten(0, 1), module.all_gather(values).flatten(0, 1)
-    index, values = index.cpu(), values.float().cpu()
-    order = torch.argsort(index, stable=True)
-    index, values = index[order], values[order]
-    keep = (index >= 0) & torch.cat([torch.tensor([True]), index[1:] != index[:-1]])
-    return index[keep], values[keep]
-
-
 def split_point(lengths: torch.Tensor, min_saving: float = 0.1) -> int | None:
-    """Where to cut the rows, sorted by length, into two forwards: the k that minimises
+    """Where to cut the rows ([N] lengths), sorted by length, into two forwards: the k that minimises
     k * (k-th length) + (n - k) * (longest length), if that saves at least `min_saving` of the
     positions one forward pads; else None (one forward)."""
     n = len(lengths)
@@ -84,16 +72,14 @@ class RewardModel(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         warmup_ratio: float = 0.1,
-        weight_decay: float = 0.0,
+        weight_decay: float = 0.01,
         disable_dropout: bool = True,
         lora: dict | None = None,
         on_nonfinite: str = "stop",
         split_by_length: bool = True,
     ):
         super().__init__()
-        if on_nonfinite not in NONFINITE_POLICIES:
-            raise ConfigError(f"model.on_nonfinite={on_nonfinite!r}; choose stop (raise, naming the step and the "
-                              "pairs) or skip (skip that batch's update, counted in train/skipped_nonfinite)")
+        check_policy(on_nonfinite)
         self.save_hyperparameters({"backbone": backbone, "warmup_ratio": warmup_ratio, "weight_decay": weight_decay})
         adopts_pooler = hasattr(pooling, "adopt")  # pooling=pooler: the backbone's pooler becomes the pooling's
         self.backbone = load_backbone(**backbone, keep_pooler=adopts_pooler)
@@ -117,31 +103,27 @@ class RewardModel(L.LightningModule):
         # without one the head is exactly the `score` layer of transformers' *ForSequenceClassification
         # decoders, so exports (rmlab.export) give the same rewards.
         # One output per reward the loss trains (OdinLoss: quality and length); rewards are output 0.
-        self.head = nn.Linear(self.backbone.config.hidden_size, getattr(loss, "heads", 1), bias=False)
+        self.head = nn.Linear(self.backbone.config.hidden_size, getattr(loss, "num_heads", 1), bias=False)
         nn.init.normal_(self.head.weight, std=1.0 / (self.backbone.config.hidden_size + 1) ** 0.5)
         self.loss_fn = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        # Per-pair eval outputs of the current epoch: (index, [reward_chosen, reward_rejected, data margin]).
-        self._eval_pairs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
-        self._eval_gathered: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {"val": None, "test": None}
-        self._eval_has_margin = False
+        self.eval_store = EvalRewardStore()  # per-pair rewards of the current val/test epoch
         self.pairs_seen = 0
         self.on_nonfinite = on_nonfinite
         self.split_by_length = split_by_length
-        self.positions_computed = 0  # token positions the last batch's forward computed, padding included
         self.skipped_nonfinite = 0  # optimizer updates dropped for a non-finite loss or reward
         self._drop_update = False
-        self.run_config: dict | None = None  # the resolved Hydra config, set by rmlab.train
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rmlab_config"] = self.run_config
+        # The run's config and rmlab's version are written by rmlab.checkpoint.RunRecord (a callback of rmlab.train).
         checkpoint["rmlab_pairs_seen"] = self.pairs_seen
         checkpoint["rmlab_skipped_nonfinite"] = self.skipped_nonfinite
         checkpoint["rmlab_sequence_end"] = "eos"  # chat-template inputs end at eos (rmlab.data.tokenize.end_at_eos)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Also reads checkpoints from before the head lost its bias (rmlab < 2026-11-21)."""
+        """Also reads checkpoints written before the head lost its bias (some pre-0.2 ones, see
+        rmlab.checkpoint.written_by); the state dict alone tells them apart, so any version is read so."""
         if "head.bias" in state_dict:
             state_dict = dict(state_dict)
             bias = float(state_dict.pop("head.bias").reshape(-1)[0])
@@ -153,22 +135,24 @@ class RewardModel(L.LightningModule):
         self.pairs_seen = checkpoint.get("rmlab_pairs_seen", 0)  # resume: keep counting
         self.skipped_nonfinite = checkpoint.get("rmlab_skipped_nonfinite", 0)
 
-    def _rewards(self, pooled: torch.Tensor, heads: bool) -> torch.Tensor:
+    def _rewards(self, pooled: torch.Tensor, all_heads: bool) -> torch.Tensor:
+        """[N, hidden] -> [N] rewards, or [N, heads] with all_heads."""
         out = self.head(pooled).float()
-        return out if heads else out[:, 0]
+        return out if all_heads else out[:, 0]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, heads: bool = False) -> torch.Tensor:
-        """One reward per row ([N]); heads=True: every head's output ([N, heads]), the reward first."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_heads: bool = False) -> torch.Tensor:
+        """input_ids, attention_mask [N, L] -> one reward per row ([N]); all_heads=True: every head's
+        output ([N, heads]), the reward first."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self._accepts_position_ids:
             kwargs["position_ids"] = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
         hidden = self.backbone(**kwargs).last_hidden_state
-        return self._rewards(self.pooling(hidden, attention_mask), heads)
+        return self._rewards(self.pooling(hidden, attention_mask), all_heads)
 
     def packed_rewards(self, input_ids: torch.Tensor, segments: torch.Tensor, position_ids: torch.Tensor,
-                       heads: bool = False) -> torch.Tensor:
-        """Rewards of SharedPromptCollator rows (one row per pair, the prompt computed once):
-        [chosen rewards, rejected rewards], as forward() gives for the unpacked rows."""
+                       all_heads: bool = False) -> torch.Tensor:
+        """Rewards of SharedPromptCollator rows ([B, L] each; one row per pair, the prompt computed once):
+        [2B], chosen rewards then rejected, as forward() gives for the unpacked rows ([2B, heads] with all_heads)."""
         if not (self._causal and self._accepts_position_ids):
             raise ConfigError(f"data.packing=shared_prompt needs a causal decoder that takes position ids; "
                               f"{type(self.backbone).__name__} is not one (its prompt tokens would see the replies). "
@@ -184,106 +168,79 @@ class RewardModel(L.LightningModule):
         sides = sequence_masks(segments)  # [2B, L]: chosen sequences, then rejected ones
         half = len(input_ids)
         pooled = torch.cat([self.pooling(hidden, sides[:half]), self.pooling(hidden, sides[half:])])
-        return self._rewards(pooled, heads)
+        return self._rewards(pooled, all_heads)
 
-    def _split_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, heads: bool = False) -> torch.Tensor:
-        """forward() over a padded batch, as two forwards when that cuts padding (model.split_by_length):
+    def _split_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       all_heads: bool = False) -> tuple[torch.Tensor, int]:
+        """forward() over a padded batch ([N, L]), as two forwards when that cuts padding (model.split_by_length):
         the rows sorted by length and cut where the two parts, each padded to its own longest, hold the
-        fewest positions. The shorter side of every pair then stops being padded to its longer side."""
+        fewest positions. The shorter side of every pair then stops being padded to its longer side.
+        Returns the rewards and the token positions computed, padding included."""
         lengths = attention_mask.sum(dim=1)
         k = split_point(lengths) if self.split_by_length else None
         if k is None:
-            self.positions_computed = attention_mask.numel()
-            return self(input_ids, attention_mask, heads)
+            return self(input_ids, attention_mask, all_heads), attention_mask.numel()
         order = torch.argsort(lengths)
-        parts, self.positions_computed = [], 0
+        parts, positions = [], 0
         for rows in (order[:k], order[k:]):
             mask = attention_mask[rows]
             columns = mask.any(dim=0).nonzero().flatten()  # the span of real tokens, for either padding side
             start, end = int(columns[0]), int(columns[-1]) + 1
-            parts.append(self(input_ids[rows, start:end], mask[:, start:end], heads))
-            self.positions_computed += len(rows) * (end - start)
-        return torch.cat(parts)[torch.argsort(order)]
+            parts.append(self(input_ids[rows, start:end], mask[:, start:end], all_heads))
+            positions += len(rows) * (end - start)
+        return torch.cat(parts)[torch.argsort(order)], positions
 
-    def _pair_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _batch_rewards(self, batch: Batch) -> tuple[torch.Tensor, int]:
+        """[2B, heads] outputs of a batch (chosen rows, then rejected) and the token positions the
+        forward computed, padding included (Throughput reads them from training_step's outputs)."""
         if "segments" in batch:
-            outputs = self.packed_rewards(batch["input_ids"], batch["segments"], batch["position_ids"], heads=True)
-            self.positions_computed = batch["input_ids"].numel()
-        else:
-            outputs = self._split_forward(batch["input_ids"], batch["attention_mask"], heads=True)
+            outputs = self.packed_rewards(batch["input_ids"], batch["segments"], batch["position_ids"], all_heads=True)
+            return outputs, batch["input_ids"].numel()
+        return self._split_forward(batch["input_ids"], batch["attention_mask"], all_heads=True)
+
+    def _pair_loss(self, batch: Batch, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss [], reward_chosen [B], reward_rejected [B]) from a batch's [2B, heads] outputs."""
         chosen, rejected = outputs.chunk(2)  # [B, heads] each
         extras = {"weight": batch.get("weight"), "response_tokens": batch.get("response_tokens")}
         if outputs.shape[1] > 1:  # a multi-head loss (OdinLoss) reads every head, and the heads' weights
-            loss = self.loss_fn(chosen, rejected, batch.get("margin"), head_weight=self.head.weight, **extras)
+            loss = self.loss_fn(chosen, rejected, batch.get("label_margin"), head_weight=self.head.weight, **extras)
         else:
-            loss = self.loss_fn(chosen[:, 0], rejected[:, 0], batch.get("margin"), **extras)
+            loss = self.loss_fn(chosen[:, 0], rejected[:, 0], batch.get("label_margin"), **extras)
         return loss, chosen[:, 0], rejected[:, 0]
 
-    def _pair_names(self, split: str, index: torch.Tensor | None, rows: list[int]) -> list[str]:
-        """Batch rows as the user can find them: the data's `origin` (file and line) where the split
-        has that column, with the row id in the split."""
-        if index is None:
-            return [f"batch row {row}" for row in rows]
-        ids = [int(index[row]) for row in rows]
-        dataset = getattr(getattr(self.trainer, "datamodule", None), "splits", {}).get(split)
-        if dataset is None or "origin" not in dataset.column_names:
-            return [f"{split} row {i}" for i in ids]
-        origins = dataset.select_columns(["origin"])[ids]["origin"]
-        return [f"{origin} ({split} row {i})" for origin, i in zip(origins, ids)]
-
-    def _nonfinite(self, split: str, batch: dict, batch_idx: int, loss: torch.Tensor,
-                   reward_chosen: torch.Tensor, reward_rejected: torch.Tensor) -> str | None:
-        """None when the loss and every reward are finite on every rank; else what went wrong where
-        (model.on_nonfinite=stop: raised as NonFiniteError)."""
-        # A pair is at fault when its rewards, or what the loss reads of it (margin, weight), are not finite.
-        logits = reward_chosen - reward_rejected - (batch["margin"] if batch.get("margin") is not None else 0)
-        if batch.get("weight") is not None:
-            logits = logits * batch["weight"]
-        rows_finite = torch.isfinite(reward_chosen) & torch.isfinite(reward_rejected) & torch.isfinite(logits)
-        bad_here = not bool(rows_finite.all() & torch.isfinite(loss))
-        # Every rank must take the same branch: one rank skipping its backward (or raising) while
-        # the others go on would leave them waiting for it in the gradient all-reduce.
-        if not self.trainer.strategy.reduce_boolean_decision(bad_here, all=False):
-            return None
-        where = f"at global step {self.global_step}, epoch {self.current_epoch}, {split} batch {batch_idx}"
-        if not bad_here:
-            message = f"non-finite loss or reward on another rank {where}"
-        else:
-            rows = (~rows_finite).nonzero().flatten().tolist()
-            names = self._pair_names(split, batch.get("index"), rows[:5])
-            pairs = "; ".join(names) + (f"; and {len(rows) - 5} more" if len(rows) > 5 else "")
-            culprits = f"pairs: {pairs}" if rows else f"every pair's rewards are finite ({len(rows_finite)} in the batch)"
-            message = f"non-finite loss ({float(loss.detach()):.4g}) or reward {where}; {culprits}"
-        if self.on_nonfinite == "stop":
-            raise NonFiniteError(f"{message}. Lower model.optimizer.lr, check those pairs, or set "
-                                 "model.on_nonfinite=skip to skip such batches")
-        return message
+    def _pair_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss [], reward_chosen [B], reward_rejected [B]) of a batch."""
+        return self._pair_loss(batch, self._batch_rewards(batch)[0])
 
     def setup(self, stage: str) -> None:
         if self.on_nonfinite == "skip" and "deepspeed" in type(self.trainer.strategy).__name__.lower():
             raise ConfigError("model.on_nonfinite=skip cannot drop an update under DeepSpeed (its engine steps "
                               "from its own gradient buffers); use model.on_nonfinite=stop")
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, reward_chosen, reward_rejected = self._pair_step(batch)
-        n_pairs = reward_chosen.numel()
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
+        """{"loss": the loss, "positions_computed": token positions the forward computed} (the
+        Throughput callback reads the latter from the step's outputs)."""
+        outputs, positions = self._batch_rewards(batch)
+        loss, reward_chosen, reward_rejected = self._pair_loss(batch, outputs)
+        n_pairs = group_count(batch)
         self.pairs_seen += n_pairs * self.trainer.world_size
-        problem = self._nonfinite("train", batch, batch_idx, loss, reward_chosen, reward_rejected)
+        out = {"loss": loss, "positions_computed": positions}
+        problem = nonfinite_problem(self, self.on_nonfinite, "train", batch, batch_idx, loss, reward_chosen, reward_rejected)
         if problem:
             # Not Lightning's skip (returning None): it refuses that under DDP. The backward still
             # runs on every rank (so DDP's gradient all-reduce is matched), and
             # on_before_optimizer_step then drops the gradients, so the optimizer changes nothing.
             self._drop_update = True
             log.warning("%s: skipping this update (model.on_nonfinite=skip)", problem)
-            return loss
-        margin = reward_chosen - reward_rejected
+            return out
+        reward_margin = reward_chosen - reward_rejected
         self.log_dict(
-            {"train/loss": loss, "train/acc": pair_correct(margin).mean(), "train/margin": margin.mean()},
+            {"train/loss": loss, "train/acc": pair_correct(reward_margin).mean(), "train/margin": reward_margin.mean()},
             prog_bar=True, batch_size=n_pairs,
         )
         self.log("train/pairs_seen", float(self.pairs_seen), batch_size=n_pairs)
         self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), batch_size=n_pairs)
-        return loss
+        return out
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self._drop_update:
@@ -294,42 +251,33 @@ class RewardModel(L.LightningModule):
             self.skipped_nonfinite += 1
             self.log("train/skipped_nonfinite", float(self.skipped_nonfinite))
 
-    def _eval_step(self, stage: str, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def _eval_step(self, stage: str, batch: Batch, batch_idx: int) -> None:
         loss, reward_chosen, reward_rejected = self._pair_step(batch)
-        problem = self._nonfinite(stage, batch, batch_idx, loss, reward_chosen, reward_rejected)
+        problem = nonfinite_problem(self, self.on_nonfinite, stage, batch, batch_idx, loss, reward_chosen, reward_rejected)
         if problem:  # evaluation updates nothing: the pairs are scored anyway, and the metrics show it
             log.warning("%s (model.on_nonfinite=skip: kept in this epoch's %s metrics)", problem, stage)
         index = batch.get("index")
         if index is None:  # a DataModule without row ids: rows numbered per rank, never merged
-            seen = sum(len(i) for i, _ in self._eval_pairs[stage])
+            seen = self.eval_store.seen(stage)
             index = torch.arange(seen, seen + len(reward_chosen)) + self.global_rank * 2**40
-        margin = batch.get("margin")
-        self._eval_has_margin = margin is not None
-        values = torch.stack([reward_chosen, reward_rejected, margin if margin is not None else torch.zeros_like(reward_chosen)], 1)
-        self._eval_pairs[stage].append((index.detach(), values.detach()))  # read through eval_rewards()
+        self.eval_store.add(stage, index, reward_chosen, reward_rejected, batch.get("label_margin"))
 
-    def eval_rewards(self, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(index, [reward_chosen, reward_rejected, data margin]) of every pair of the split scored in
-        this epoch, from all ranks, each pair once, sorted by index. Collective under DDP: every rank
-        calls it (the module at epoch end; callbacks such as BiasDiagnostics before that)."""
-        if self._eval_gathered[stage] is None:
-            pairs = self._eval_pairs[stage]
-            index = torch.cat([i for i, _ in pairs]) if pairs else torch.zeros(0, dtype=torch.long)
-            values = torch.cat([v for _, v in pairs]) if pairs else torch.zeros(0, 3)
-            self._eval_gathered[stage] = gather_unique(self, index, values)
-        return self._eval_gathered[stage]
+    def eval_rewards(self, stage: str) -> ScoredPairs:
+        """Every pair of the split scored in this epoch, from all ranks, each once, sorted by index.
+        Collective under DDP: every rank calls it (the module at epoch end; callbacks such as
+        BiasDiagnostics before that)."""
+        return self.eval_store.gathered(stage, self)
 
     def _eval_epoch_start(self, stage: str) -> None:
-        self._eval_pairs[stage], self._eval_gathered[stage] = [], None
+        self.eval_store.reset(stage)
 
     def _eval_epoch_end(self, stage: str) -> None:
         # Computed once over the whole split (not averaged per batch or per rank): exact under DDP.
-        _, values = self.eval_rewards(stage)
-        if len(values) == 0:
+        pairs = self.eval_rewards(stage)
+        if len(pairs) == 0:
             return
-        reward_chosen, reward_rejected = values[:, 0], values[:, 1]
-        loss = self.loss_fn(reward_chosen, reward_rejected, values[:, 2] if self._eval_has_margin else None)
-        metrics = pair_metrics(stage, reward_chosen, reward_rejected, loss)
+        loss = self.loss_fn(pairs.reward_chosen, pairs.reward_rejected, pairs.label_margin)
+        metrics = pair_metrics(stage, pairs.reward_chosen, pairs.reward_rejected, loss)
         acc_key = f"{stage}/acc"
         self.log(acc_key, metrics.pop(acc_key), prog_bar=True)
         self.log_dict(metrics)
@@ -352,41 +300,9 @@ class RewardModel(L.LightningModule):
     def on_test_epoch_end(self):
         self._eval_epoch_end("test")
 
-    def _plain_strategy(self) -> bool:
-        """Single device or DDP: every rank holds whole gradients, so torch can clip them directly."""
-        return isinstance(self.trainer.strategy, (SingleDeviceStrategy, DDPStrategy))
-
     def configure_optimizers(self):
-        # No weight decay on biases and norm weights (the usual transformer recipe).
-        decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
-        factory = self.optimizer_factory
-        if getattr(factory, "keywords", {}).get("fused") and not self._plain_strategy():
-            # FSDP / DeepSpeed own the gradients (sharded) and their clipping: the per-tensor loop there.
-            factory = functools.partial(factory, fused=False)
-        optimizer = factory(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        )
-        if self.scheduler_factory is None:
-            return optimizer
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = self.scheduler_factory(
-            optimizer=optimizer, num_warmup_steps=int(self.hparams.warmup_ratio * total), num_training_steps=total
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optim.configure_optimizers(self, self.optimizer_factory, self.scheduler_factory,
+                                          self.hparams.weight_decay, self.hparams.warmup_ratio)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """trainer.gradient_clip_val with a fused optimizer (model.optimizer.fused=true, ~5x faster
-        AdamW steps on CPU). Lightning refuses that pair under any mixed precision, for fp16's sake
-        (a fused step unscales its gradients itself); so the gradients are unscaled here first
-        where a scaler is in use, then clipped as Lightning would."""
-        if not gradient_clip_val or not optimizer.defaults.get("fused") or not self._plain_strategy():
-            return self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if gradient_clip_algorithm == "value":
-            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
-        else:
-            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+        optim.clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)

@@ -13,13 +13,13 @@ from rmlab.errors import ConfigError
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position of the last real token of each row, for any padding side."""
+    """[N, L] attention mask -> [N] int64: the position of each row's last real token, for any padding side."""
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     return (attention_mask.bool() * positions).argmax(dim=1)
 
 
 def first_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position of the first real token of each row (0 under right padding)."""
+    """[N, L] attention mask -> [N] int64: the position of each row's first real token (0 under right padding)."""
     return attention_mask.bool().int().argmax(dim=1)
 
 
@@ -30,6 +30,7 @@ class LastTokenPooling(nn.Module):
     """
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """hidden [N, L, H], attention_mask [N, L] (1 = real token) -> [N, H]."""
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         return hidden[rows, last_token_index(attention_mask)]
 
@@ -38,6 +39,7 @@ class MeanPooling(nn.Module):
     """Mean of the hidden states of the real tokens (padding excluded)."""
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """hidden [N, L, H], attention_mask [N, L] (1 = real token) -> [N, H]."""
         mask = attention_mask.unsqueeze(-1).bool()
         # where(), not hidden * mask: a pad row can hold NaN (fully masked attention) and NaN * 0 = NaN.
         total = torch.where(mask, hidden, torch.zeros((), dtype=hidden.dtype, device=hidden.device)).sum(dim=1)
@@ -52,6 +54,7 @@ class ClsPooling(nn.Module):
     """
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """hidden [N, L, H], attention_mask [N, L] (1 = real token) -> [N, H]."""
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         return hidden[rows, first_token_index(attention_mask)]
 
@@ -77,6 +80,7 @@ class PoolerPooling(nn.Module):
         self.dense = pooler.dense.train()  # from_pretrained left it in eval mode
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """hidden [N, L, H], attention_mask [N, L] (1 = real token) -> [N, H]."""
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         return torch.tanh(self.dense(hidden[rows, first_token_index(attention_mask)]))
 

@@ -3,7 +3,7 @@
 Each detector is one regex, case-insensitive and word-boundary aware ("mayor" is not hedging,
 a lone "**" is not bold), so a score's dependence on the cue can be measured apart from quality.
 
-    from rmlab.diagnostics.patterns import detect
+    from rmlab.text.patterns import detect
     detect("Great question! **42**")  # {"bold": True, "praise_opener": True, ...}
 """
 

@@ -1,0 +1,93 @@
+"""A trained model read back: the checkpoint rmlab.train wrote, its RewardModel, and the tokenizer and
+settings that turn text into the ids it was trained on. Shared by rmlab.evaluate, rmlab.export and
+rmlab.score, so that no entry point imports another.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from transformers import PreTrainedTokenizerBase
+
+from rmlab.checkpoint import written_before
+from rmlab.config import config_nodes
+from rmlab.data.tokenize import special_token_frame, tokenize_pair, use_chat_template
+from rmlab.errors import ConfigError
+from rmlab.hub import load_tokenizer
+from rmlab.model.module import RewardModel
+
+# What a checkpoint's stored config may name as a `_target_`: instantiate would call anything else
+# it names, so a checkpoint from elsewhere could run code that weights_only=True keeps out.
+TRUSTED_TARGETS = ("rmlab.", "torch.", "transformers.", "lightning.")
+
+
+def load_checkpoint(path: str, trust_remote_code: bool = False) -> dict:
+    """A checkpoint written by rmlab.train, loaded without unpickling code (weights_only=True). Its
+    config may only build rmlab/torch/transformers/lightning objects, and a backbone with
+    trust_remote_code needs the caller's trust_remote_code=true."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"ckpt={path!r}: no such file ({file.resolve()})")
+    checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    if not checkpoint.get("rmlab_config"):
+        raise ValueError(f"ckpt={path!r} has no rmlab config: it was not written by rmlab.train")
+    if not trust_remote_code:
+        run_cfg = OmegaConf.create(checkpoint["rmlab_config"])
+        targets = [str(node._target_) for _, node in config_nodes(run_cfg) if "_target_" in node]  # nothing imported
+        foreign = [t for t in targets if not t.startswith(TRUSTED_TARGETS)]
+        if foreign or OmegaConf.select(run_cfg, "model.backbone.trust_remote_code"):
+            what = f"builds {foreign}" if foreign else "loads its backbone with trust_remote_code=true"
+            raise ConfigError(f"ckpt={path!r} {what}, which runs code from outside rmlab, torch and transformers; "
+                              "if you trust where the checkpoint came from, add trust_remote_code=true")
+    return checkpoint
+
+
+def load_reward_model(checkpoint: dict) -> tuple[RewardModel, DictConfig]:
+    """The trained RewardModel of a loaded rmlab checkpoint (eval mode, CPU) and its resolved run config."""
+    run_cfg = OmegaConf.create(checkpoint["rmlab_config"])
+    model = instantiate(run_cfg.model)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), run_cfg
+
+
+def rmlab_tokenizer(run_cfg: DictConfig) -> tuple[PreTrainedTokenizerBase, dict]:
+    """The tokenizer a run trained with (padding side applied) and the settings that shape its inputs."""
+    data = run_cfg.data
+    tokenizer = load_tokenizer(**OmegaConf.to_container(data.tokenizer, resolve=True))
+    if data.get("padding_side"):
+        tokenizer.padding_side = data.padding_side
+    settings = {
+        "max_length": int(data.max_length),
+        "chat_template": use_chat_template(tokenizer, data.get("chat_template", "auto")),
+        "padding_side": tokenizer.padding_side,
+        "overlong": "truncate",
+    }
+    return tokenizer, settings
+
+
+def tokenizing_function(tokenizer: PreTrainedTokenizerBase, settings: dict) -> Callable[..., dict]:
+    """`encode(prompt, chosen, rejected=None)`: tokenize_pair with these settings, i.e. the ids rmlab
+    feeds the model (over-long inputs truncated as in training, and flagged). A single response is
+    scored as a pair of two identical responses."""
+    frame = ([], [], []) if settings["chat_template"] else special_token_frame(tokenizer)
+
+    def encode(prompt: list[dict], chosen: str, rejected: str | None = None) -> dict:
+        pair = {"prompt": prompt, "chosen": chosen, "rejected": chosen if rejected is None else rejected}
+        return tokenize_pair(pair, tokenizer, settings["max_length"], "truncate", settings["chat_template"], frame)
+
+    return encode
+
+
+def check_sequence_end(checkpoint: dict, settings: dict, path: str) -> None:
+    """Refuse a chat-template checkpoint trained before its inputs ended at the eos token: it learned
+    its reward at the template's text after eos (ChatML: "\\n"), where consumers no longer score."""
+    # From 0.2 on every checkpoint ends at eos; before, only those with the marker rmlab_sequence_end=eos did.
+    if settings["chat_template"] and written_before(checkpoint, "0.2") and checkpoint.get("rmlab_sequence_end") != "eos":
+        raise ValueError(f"ckpt={path!r} was trained by an rmlab that read chat-template rewards after the eos token "
+                         "(e.g. at the newline after <|im_end|>), not at the eos token where generated responses end and "
+                         "where exports, evaluation and scoring now read them; its rewards there were never trained. "
+                         "Retrain it with this rmlab.")
