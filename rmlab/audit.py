@@ -36,10 +36,9 @@ from rmlab.data.sources import LocalFiles
 from rmlab.diagnostics import bon
 from rmlab.diagnostics.sets import longest_pick_rates, random_baseline, set_metrics
 from rmlab.errors import ConfigError
-from rmlab.export import encoder
 from rmlab.launch import short_user_errors
 from rmlab.model.ensemble import aggregate
-from rmlab.score import Scorer, score_sequences, write_rows
+from rmlab.trained import Scorer, score_sequences, tokenizing_function, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ def score_sets(model_path: str, sets: list[dict], cfg: DictConfig) -> list[list[
     """The reward of every response of every set ([set][response]) by one model (checkpoint or export)."""
     device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     scorer = Scorer(model_path, cfg.trust_remote_code, device)
-    encode = encoder(scorer.tokenizer, scorer.settings)
+    encode = tokenizing_function(scorer.tokenizer, scorer.settings)
     sequences = [encode(s["prompt"], response)["chosen_input_ids"] for s in sets for response in s["responses"]]
     flat = iter(score_sequences(scorer, sequences, cfg.batch_size, cfg.sort_window, cfg.precision))
     return [[next(flat) for _ in s["responses"]] for s in sets]

@@ -9,28 +9,20 @@ or an rmlab.train checkpoint (rmlab's RewardModel); both give the same rewards.
 
 from __future__ import annotations
 
-import contextlib
-import gzip
-import inspect
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from rmlab import strict_json
 from rmlab.config import CONFIG_DIR
-from rmlab.data.collate import PairCollator
 from rmlab.data.files import read_file_rows
 from rmlab.data.formats import FORMATS, PairFormatError, detect_format, to_pair
 from rmlab.errors import DataError
 from rmlab.launch import short_user_errors
-from rmlab.trained import check_sequence_end, load_checkpoint, load_reward_model, rmlab_tokenizer, tokenizing_function
+from rmlab.trained import Scorer, score_sequences, tokenizing_function, write_rows
 
 log = logging.getLogger(__name__)
 SINGLE = "single"  # one (prompt, response) per row
@@ -73,77 +65,6 @@ def to_item(row: Any, fmt: str, columns: dict) -> dict:
         return {"prompt": pair["prompt"], "responses": [response]}
     pair = to_pair(row, fmt, columns)
     return {"prompt": pair["prompt"], "responses": [pair["chosen"], pair["rejected"]], "reply_fields": pair.get("reply_fields")}
-
-
-class Scorer:
-    """A reward model and the tokenization it was trained with, from an rmlab.export folder
-    (plain transformers + the settings in config.json) or an rmlab.train checkpoint (RewardModel)."""
-
-    def __init__(self, model_path: str, trust_remote_code: bool = False, device: str = "cpu"):
-        path = Path(model_path).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"model_path={model_path!r}: no such export folder or checkpoint ({path.resolve()})")
-        if path.is_dir():
-            config_file = path / "config.json"
-            config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-            if "rmlab" not in config:
-                raise ValueError(f"model_path={model_path!r}: not a folder written by rmlab.export (config.json has no 'rmlab' entry)")
-            if "auto_map" in config and not trust_remote_code:
-                raise ValueError(f"model_path={model_path!r} computes its reward (pooling={config['rmlab']['pooling']}) with "
-                                 "the modeling file rmlab.export wrote into it; run with trust_remote_code=true to load it")
-            self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code)
-            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-            self.settings, self.exported = config["rmlab"], True
-            # transformers' own heads number positions 0..L-1 even for left-padded rows; rmlab's come from the mask.
-            self.positions_from_mask = "position_ids" in inspect.signature(self.model.forward).parameters
-        else:
-            checkpoint = load_checkpoint(model_path, trust_remote_code)
-            self.model, run_cfg = load_reward_model(checkpoint)
-            (self.tokenizer, self.settings), self.exported = rmlab_tokenizer(run_cfg), False
-            check_sequence_end(checkpoint, self.settings, model_path)
-        self.device = torch.device(device)
-        self.model.eval().to(self.device)
-
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """One fp32 reward per row."""
-        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        if self.exported:
-            extra = {"position_ids": (attention_mask.cumsum(dim=1) - 1).clamp(min=0)} if self.positions_from_mask else {}
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0].float()
-        return self.model(input_ids, attention_mask).float()
-
-
-@torch.no_grad()
-def score_sequences(scorer: Scorer, sequences: list[list[int]], batch_size: int = 16, sort_window: int = 1024,
-                    precision: str = "fp32") -> list[float]:
-    """One reward per token-id sequence, in input order. Within each window of `sort_window`
-    sequences, batches are formed longest first so that a batch holds similar lengths."""
-    collator = PairCollator(scorer.tokenizer.pad_token_id, scorer.settings["padding_side"])
-    autocast = (torch.autocast(scorer.device.type, dtype=torch.bfloat16) if precision == "bf16"
-                else contextlib.nullcontext())
-    rewards = [0.0] * len(sequences)
-    with tqdm(total=len(sequences), desc="scoring", unit="seq") as bar:
-        for start in range(0, len(sequences), sort_window):
-            window = range(start, min(start + sort_window, len(sequences)))
-            order = sorted(window, key=lambda i: len(sequences[i]), reverse=True)
-            for first in range(0, len(order), batch_size):
-                rows = order[first:first + batch_size]
-                batch = collator.pad([sequences[i] for i in rows])
-                with autocast:
-                    out = scorer(batch["input_ids"], batch["attention_mask"])
-                for i, reward in zip(rows, out.tolist()):
-                    rewards[i] = reward
-                bar.update(len(rows))
-    return rewards
-
-
-def write_rows(path: str, rows: list[dict]) -> None:
-    """JSON Lines, gzipped when the name ends in .gz."""
-    file = Path(path).expanduser()
-    file.parent.mkdir(parents=True, exist_ok=True)
-    with (gzip.open if file.suffix == ".gz" else open)(file, "wt", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(strict_json.dumps(row, ensure_ascii=False, default=str) + "\n")
 
 
 def read_items(path: str, fmt: str, columns: dict, fields: dict) -> tuple[list[tuple[str, Any]], list[dict], str]:

@@ -1,20 +1,32 @@
 """A trained model read back: the checkpoint rmlab.train wrote, its RewardModel, and the tokenizer and
-settings that turn text into the ids it was trained on. Shared by rmlab.evaluate, rmlab.export and
-rmlab.score, so that no entry point imports another.
+settings that turn text into the ids it was trained on, and the Scorer that gives rewards from a
+checkpoint or an export. Shared by rmlab.evaluate, rmlab.export, rmlab.score and rmlab.audit, so
+that no entry point imports another.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import inspect
+import json
 from pathlib import Path
 from typing import Callable
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from transformers import PreTrainedTokenizerBase
+from tqdm import tqdm
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
 
+from rmlab import strict_json
 from rmlab.checkpoint import written_before
 from rmlab.config import config_nodes
+from rmlab.data.collate import PairCollator
 from rmlab.data.tokenize import special_token_frame, tokenize_pair, use_chat_template
 from rmlab.errors import ConfigError
 from rmlab.hub import load_tokenizer
@@ -91,3 +103,74 @@ def check_sequence_end(checkpoint: dict, settings: dict, path: str) -> None:
                          "(e.g. at the newline after <|im_end|>), not at the eos token where generated responses end and "
                          "where exports, evaluation and scoring now read them; its rewards there were never trained. "
                          "Retrain it with this rmlab.")
+
+
+class Scorer:
+    """A reward model and the tokenization it was trained with, from an rmlab.export folder
+    (plain transformers + the settings in config.json) or an rmlab.train checkpoint (RewardModel)."""
+
+    def __init__(self, model_path: str, trust_remote_code: bool = False, device: str = "cpu"):
+        path = Path(model_path).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"model_path={model_path!r}: no such export folder or checkpoint ({path.resolve()})")
+        if path.is_dir():
+            config_file = path / "config.json"
+            config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+            if "rmlab" not in config:
+                raise ValueError(f"model_path={model_path!r}: not a folder written by rmlab.export (config.json has no 'rmlab' entry)")
+            if "auto_map" in config and not trust_remote_code:
+                raise ValueError(f"model_path={model_path!r} computes its reward (pooling={config['rmlab']['pooling']}) with "
+                                 "the modeling file rmlab.export wrote into it; run with trust_remote_code=true to load it")
+            self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code)
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            self.settings, self.exported = config["rmlab"], True
+            # transformers' own heads number positions 0..L-1 even for left-padded rows; rmlab's come from the mask.
+            self.positions_from_mask = "position_ids" in inspect.signature(self.model.forward).parameters
+        else:
+            checkpoint = load_checkpoint(model_path, trust_remote_code)
+            self.model, run_cfg = load_reward_model(checkpoint)
+            (self.tokenizer, self.settings), self.exported = rmlab_tokenizer(run_cfg), False
+            check_sequence_end(checkpoint, self.settings, model_path)
+        self.device = torch.device(device)
+        self.model.eval().to(self.device)
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """One fp32 reward per row."""
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        if self.exported:
+            extra = {"position_ids": (attention_mask.cumsum(dim=1) - 1).clamp(min=0)} if self.positions_from_mask else {}
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0].float()
+        return self.model(input_ids, attention_mask).float()
+
+
+@torch.no_grad()
+def score_sequences(scorer: Scorer, sequences: list[list[int]], batch_size: int = 16, sort_window: int = 1024,
+                    precision: str = "fp32") -> list[float]:
+    """One reward per token-id sequence, in input order. Within each window of `sort_window`
+    sequences, batches are formed longest first so that a batch holds similar lengths."""
+    collator = PairCollator(scorer.tokenizer.pad_token_id, scorer.settings["padding_side"])
+    autocast = (torch.autocast(scorer.device.type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
+    rewards = [0.0] * len(sequences)
+    with tqdm(total=len(sequences), desc="scoring", unit="seq") as bar:
+        for start in range(0, len(sequences), sort_window):
+            window = range(start, min(start + sort_window, len(sequences)))
+            order = sorted(window, key=lambda i: len(sequences[i]), reverse=True)
+            for first in range(0, len(order), batch_size):
+                rows = order[first:first + batch_size]
+                batch = collator.pad([sequences[i] for i in rows])
+                with autocast:
+                    out = scorer(batch["input_ids"], batch["attention_mask"])
+                for i, reward in zip(rows, out.tolist()):
+                    rewards[i] = reward
+                bar.update(len(rows))
+    return rewards
+
+
+def write_rows(path: str, rows: list[dict]) -> None:
+    """JSON Lines, gzipped when the name ends in .gz."""
+    file = Path(path).expanduser()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with (gzip.open if file.suffix == ".gz" else open)(file, "wt", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(strict_json.dumps(row, ensure_ascii=False, default=str) + "\n")

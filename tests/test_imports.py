@@ -10,7 +10,7 @@ Layers, lowest first; a module may import from its own layer and the layers belo
     model        rmlab.model.*                                             base, text, data
     diagnostics  rmlab.diagnostics.*                                       base, text, data, model
     run          trained, launch, preflight, throughput, final_validation  all of the above
-    entry        train, evaluate, export, score, sweep, bench.*            all of the above; never another entry point
+    entry        train, evaluate, export, score, audit, sweep, bench.*     all of the above; never another entry point
 
 On top of the layers, no module reaches itself through its imports (no cycles, inside a layer
 either). What several entry points share (reading a checkpoint and its tokenizer back, the
@@ -35,7 +35,7 @@ LAYERS = (
     ("model", ("rmlab.model",)),
     ("diagnostics", ("rmlab.diagnostics",)),
     ("run", ("rmlab.trained", "rmlab.launch", "rmlab.preflight", "rmlab.throughput", "rmlab.final_validation")),
-    ("entry", ("rmlab.train", "rmlab.evaluate", "rmlab.export", "rmlab.score", "rmlab.sweep", "rmlab.bench")),
+    ("entry", ("rmlab.train", "rmlab.evaluate", "rmlab.export", "rmlab.score", "rmlab.audit", "rmlab.sweep", "rmlab.bench")),
 )
 RANK = {name: rank for rank, (name, _) in enumerate(LAYERS)}
 

