@@ -2,7 +2,7 @@
 
 Counted over the training loop after `warmup_steps` batches (kernel selection, first allocations,
 compilation), from the end of one batch to the end of the next, so data loading, the optimizer
-step and logging are inside. Logged as train/pairs_per_s, train/tokens_per_s,
+step and logging are inside. Logged as train/pairs_per_s (response sets: train/sets_per_s and train/responses_per_s), train/tokens_per_s,
 train/padding_fraction, train/flops_per_s and train/mfu (every batch: the running figure since
 warm-up, all processes together) and written into summary.json by rmlab.train.
 
@@ -22,11 +22,11 @@ import lightning as L
 import torch
 from torch import nn
 
-from rmlab.data.batch import Batch, group_count, is_packed, real_tokens
+from rmlab.data.batch import Batch, group_count, is_packed, is_set_batch, real_tokens
 from rmlab.data.collate import packed_attention
 
 log = logging.getLogger(__name__)
-KEYS = ("train/pairs_per_s", "train/tokens_per_s", "train/padding_fraction", "train/flops_per_s", "train/mfu")
+KEYS = ("train/pairs_per_s", "train/sets_per_s", "train/responses_per_s", "train/tokens_per_s", "train/padding_fraction", "train/flops_per_s", "train/mfu")
 
 
 def matmul_parameters(model: nn.Module) -> int:
@@ -73,7 +73,7 @@ class Throughput(L.Callback):
         device = pl_module.device
         dtype = precision_dtype(trainer.precision)
         self.peak = matmul_peak_flops(str(device) if device.type == "cuda" else "cpu", dtype)
-        self.batches, self.start, self.totals = 0, None, torch.zeros(4, dtype=torch.float64)
+        self.batches, self.start, self.totals = 0, None, torch.zeros(5, dtype=torch.float64)
         log.info("throughput: %.3g matmul params, %s peak %.1f TFLOP/s per device; measuring after %d batches",
                  self.params, dtype, self.peak / 1e12, self.warmup_steps)
 
@@ -90,14 +90,18 @@ class Throughput(L.Callback):
         positions = (outputs.get("positions_computed") if isinstance(outputs, dict) else None) or positions
         flops = 3 * (2 * self.params * tokens + 4 * self.layers * self.hidden * attended_pairs(batch, self.causal))
         pairs = group_count(batch)
-        self.totals += torch.tensor([pairs, tokens, positions, flops], dtype=torch.float64)
+        responses = int(batch["response_mask"].sum()) if is_set_batch(batch) else 2 * pairs
+        self.totals += torch.tensor([pairs, tokens, positions, flops, responses], dtype=torch.float64)
         totals = self.totals
         if trainer.world_size > 1:  # every process's counts (a few numbers per batch)
             totals = trainer.strategy.reduce(totals.to(pl_module.device), reduce_op="sum").cpu()
         seconds = now - self.start
-        pairs, tokens, positions, flops = totals.tolist()
+        pairs, tokens, positions, flops, responses = totals.tolist()
+        # A set batch counts sets and their responses; a pair batch, pairs.
+        groups = ({"train/sets_per_s": pairs / seconds, "train/responses_per_s": responses / seconds}
+                  if is_set_batch(batch) else {"train/pairs_per_s": pairs / seconds})
         metrics = {
-            "train/pairs_per_s": pairs / seconds,
+            **groups,
             "train/tokens_per_s": tokens / seconds,
             "train/padding_fraction": 1 - tokens / positions,
             "train/flops_per_s": flops / seconds,

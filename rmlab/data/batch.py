@@ -26,6 +26,18 @@ Either layout may also carry, one value per group unless said otherwise:
                                        the length-aware losses
 
 The model's rewards come back in the padded layout's row order: [K*B], chosen rewards then rejected.
+
+Response sets (data=alpacaeval_sets, synthetic_sets, ...: K >= 2 responses with gold scores, K may
+differ between the sets of a batch; Kmax is the largest) use the same two layouts, built by
+rmlab.data.set_collate, and carry instead of the pair keys above:
+
+    scores           [B, Kmax] float32 each response's gold score (higher is better, equal: a tie; 0 where absent)
+    response_mask    [B, Kmax] bool    True where set b has a response k
+    set_rows         [B, Kmax] int64   padded layout only: the row of response k of set b (-1 where absent);
+                                       rows are set-major (set 0's responses, then set 1's, ...)
+
+In the packed layout `segments` marks the prompt 0 and response k with k + 1. The model's rewards
+for a set batch are [B, Kmax] (RewardModel.set_rewards).
 """
 
 from __future__ import annotations
@@ -49,6 +61,9 @@ class Batch(TypedDict, total=False):
     label_margin: torch.Tensor
     weight: torch.Tensor
     response_tokens: torch.Tensor
+    scores: torch.Tensor
+    response_mask: torch.Tensor
+    set_rows: torch.Tensor
 
 
 def is_packed(batch: Batch) -> bool:
@@ -56,8 +71,15 @@ def is_packed(batch: Batch) -> bool:
     return "segments" in batch
 
 
+def is_set_batch(batch: Batch) -> bool:
+    """True for a batch of response sets (scores per response), False for one of pairs."""
+    return "scores" in batch
+
+
 def group_count(batch: Batch) -> int:
-    """B: the groups (pairs) in the batch."""
+    """B: the groups (pairs, or response sets) in the batch."""
+    if is_set_batch(batch):
+        return len(batch["scores"])
     rows = len(batch["input_ids"])
     return rows if is_packed(batch) else rows // RESPONSES
 

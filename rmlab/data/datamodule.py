@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import Counter
@@ -18,6 +19,10 @@ from rmlab.data.augment import augment_pairs
 from rmlab.data.balance import BALANCE_METHODS, balance_weights, check_cues, cue_signs, effective_pairs, length_gaps
 from rmlab.data.collate import PACKING, make_collator
 from rmlab.data.formats import FORMATS
+from rmlab.data.response_sets import SET_FORMATS, is_set_row
+from rmlab.data.set_collate import PackedSetCollator, SetCollator
+from rmlab.data.set_reader import read_sets
+from rmlab.data.set_tokens import tokenize_sets
 from rmlab.data.rows import BAD_ROW_POLICIES, DEFAULT_COLUMNS, bad_row, normalise_rows, write_rejects
 from rmlab.data.samplers import LengthSortedSampler, ResumableSampler
 from rmlab.data.sources import SPLITS, LocalFiles, split_of
@@ -97,13 +102,17 @@ class PreferenceDataModule(L.LightningDataModule):
         balance: dict | None = None,
         length_matched: bool = False,
         augment: dict | None = None,
+        score_key: str | None = None,
+        score_weights: dict | None = None,
+        turn_markers: dict | None = None,
     ):
         super().__init__()
         has_files = any(p is not None for p in (path, val_path, test_path))
         if (source is None) == (not has_files):
             raise ValueError("give either data.source or data.path (a local file; data=local), not both or neither")
-        if format != "auto" and format not in FORMATS:
-            raise ValueError(f"data.format={format!r}; choose 'auto' or one of {FORMATS}")
+        if format != "auto" and format not in FORMATS + SET_FORMATS:
+            raise ValueError(f"data.format={format!r}; choose 'auto', a pair format {FORMATS} or a response-set "
+                             f"format {SET_FORMATS}")
         if on_bad_row not in BAD_ROW_POLICIES:
             raise ValueError(f"data.on_bad_row={on_bad_row!r}; choose one of {BAD_ROW_POLICIES}")
         self.on_bad_row, self.rejects_file = on_bad_row, rejects_file
@@ -143,6 +152,10 @@ class PreferenceDataModule(L.LightningDataModule):
                               "Use one of them, or drop length from data.balance.cues")
         self.length_matched = length_matched
         self.augment = {"share": 0.0, "kinds": [], **(augment or {})}
+        # Response sets (K responses per prompt): the training target from attribute scores, prompt turn markers.
+        self.set_options = {"score_key": score_key, "score_weights": score_weights, "turn_markers": turn_markers}
+        self.sets: bool | None = None  # True when the data is response sets (known after setup reads it)
+        self.read_stats: dict[str, dict[str, int]] = {}  # response sets: the reader's counts per split
         self.train_weights: torch.Tensor | None = None  # data.balance: one weight per train pair, mean 1
         self.splits: dict[str, Dataset] = {}
         self.stats: dict[str, dict[str, int]] = {}
@@ -245,8 +258,10 @@ class PreferenceDataModule(L.LightningDataModule):
             return
         raw = self.source()
         describe = getattr(self.source, "describe", lambda split: split)
-        self.rejects, self.rejected = [], {}
-        normalised = {split: self._normalise(ds, describe(split), split) for split, ds in raw.items() if ds is not None}
+        self.rejects, self.rejected, self.read_stats = [], {}, {}
+        self.sets = self._holds_sets(raw)
+        read = self._read_sets if self.sets else self._normalise
+        normalised = {split: read(ds, describe(split), split) for split, ds in raw.items() if ds is not None}
         missing = [split for split in SPLITS if split not in normalised]
         if any(split in missing for split in needed):
             if "train" not in normalised:
@@ -269,12 +284,49 @@ class PreferenceDataModule(L.LightningDataModule):
         added = 0
         if "train" in needed and self.augment["share"]:
             normalised["train"], added = self._augment(normalised["train"])
-        self.splits.update({split: self._tokenize(normalised[split], split) for split in needed})
+        tokenize = self._tokenize_sets if self.sets else self._tokenize
+        self.splits.update({split: tokenize(normalised[split], split) for split in needed})
         if self.rejects:
             self._report_rejects()
-        if "train" in needed:
+        if "train" in needed and not self.sets:
             self.stats["train"]["augmented"] = added
             self._balance(self.splits["train"])
+
+    # -- response sets ---------------------------------------------------------------------
+    def _holds_sets(self, raw: dict[str, Dataset | None]) -> bool:
+        """Is the data response sets? data.format says so, or (auto) the first readable row of the
+        first split looks like one (rmlab.data.response_sets.is_set_row). Pair-only options stop here."""
+        if self.format != "auto":
+            sets = self.format in SET_FORMATS
+        else:
+            first = next(ds for ds in raw.values() if ds is not None and len(ds))
+            from_file = "raw" in first.column_names and "origin" in first.column_names
+            row = next((json.loads(r["raw"]) for r in first if not r["problem"]), {}) if from_file else first[0]
+            sets = isinstance(row, dict) and is_set_row(row, self.columns)
+        if sets:
+            pair_only = [name for name, on in (("data.augment", self.augment["share"]), ("data.length_matched", self.length_matched),
+                                               ("data.balance", self.balance["method"] != "none")) if on]
+            if pair_only:
+                raise ConfigError(f"{pair_only[0]} works on pairs; this data is response sets (K responses per prompt). "
+                                  "Leave it off, or expand the sets into pairs: python -m rmlab.data.response_sets pairs <sets> <pairs>")
+        return sets
+
+    def _read_sets(self, raw: Dataset, origin: str, split: str) -> Dataset:
+        """The split's response sets (rmlab.data.set_reader.read_sets); bad rows skipped are kept in `self.rejects`."""
+        read = read_sets(raw, origin, split, self.format, self.columns, on_bad_row=self.on_bad_row, **self.set_options)
+        self.rejects += read.rejects
+        self.rejected[split] = len(read.rejects)
+        self.read_stats[split] = read.stats
+        return read.sets
+
+    def _tokenize_sets(self, sets: Dataset, split: str) -> Dataset:
+        settings = {"tokenizer": self.tokenizer, "max_length": self.max_length, "overlong": self.overlong,
+                    "chat_template": self.chat_template, "frame": self.frame}
+        # A split carved out of train has train's reader counts; its own are those of its sets.
+        read_stats = self.read_stats.get(split, {**self.read_stats.get("train", {}), "rejected": 0})
+        kept, self.stats[split], rejects = tokenize_sets(sets, split, settings, self.on_bad_row, read_stats)
+        self.rejects += rejects
+        return kept
 
     def _augment(self, train: Dataset) -> tuple[Dataset, int]:
         """Train pairs plus counterfactual pairs made from them (rmlab.data.augment); only train pairs
@@ -328,7 +380,10 @@ class PreferenceDataModule(L.LightningDataModule):
 
     # -- loaders ---------------------------------------------------------------------------
     def _lengths(self, dataset: Dataset) -> list[int]:
-        """What a pair costs to pad: its longer sequence, or its packed row (chosen + rejected reply)."""
+        """What a pair costs to pad: its longer sequence, or its packed row (chosen + rejected reply);
+        a response set: all its tokens."""
+        if self.sets:
+            return [sum(len(ids) for ids in row) for row in dataset["input_ids"]]
         table = dataset.with_format("arrow")[:]
         chosen = pc.list_value_length(table["chosen_input_ids"])
         other = (table["rejected_response_tokens"] if self.packing == "shared_prompt"
@@ -338,8 +393,12 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         full = self.splits[split]
-        columns = ["index", "chosen_input_ids", "rejected_input_ids", "chosen_response_tokens", "rejected_response_tokens",
-                   *(["label_margin"] if self.columns["margin"] else []), *(["balance_weight"] if "balance_weight" in full.column_names else [])]
+        if self.sets:
+            columns = ["index", "input_ids", "scores", "response_tokens"]
+        else:
+            columns = ["index", "chosen_input_ids", "rejected_input_ids", "chosen_response_tokens", "rejected_response_tokens",
+                       *(["label_margin"] if self.columns["margin"] else []),
+                       *(["balance_weight"] if "balance_weight" in full.column_names else [])]
         dataset = full.select_columns(columns)
         batch_size = self.batch_size if split == "train" else self.eval_batch_size
         if shuffle:
@@ -360,9 +419,16 @@ class PreferenceDataModule(L.LightningDataModule):
             dataset,
             batch_size=batch_size,
             sampler=sampler,
-            collate_fn=make_collator(self.packing, self.tokenizer.pad_token_id, self.tokenizer.padding_side),
+            collate_fn=self._collator(),
             num_workers=self.num_workers,
         )
+
+    def _collator(self) -> Callable:
+        """The batch layout (rmlab.data.batch): padded rows, or one packed row per pair or set."""
+        if self.sets:
+            return (PackedSetCollator(self.tokenizer.pad_token_id) if self.packing == "shared_prompt"
+                    else SetCollator(self.tokenizer.pad_token_id, self.tokenizer.padding_side))
+        return make_collator(self.packing, self.tokenizer.pad_token_id, self.tokenizer.padding_side)
 
     def _batches_done_in_epoch(self, samples_per_rank: int) -> int:
         """The batches of the current epoch that training already stepped through: 0 at an epoch's

@@ -16,6 +16,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from rmlab.data.collate import PairCollator
 from rmlab.diagnostics import report as bias_report
 from rmlab.diagnostics.probes import build_probe_items
+from rmlab.diagnostics.set_report import set_report, set_scalars, write_set_report
 from rmlab.model.eval_store import gather_unique
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,27 @@ class BiasDiagnostics(L.Callback):
                 kept.append(item)
         return kept, invisible
 
+    def _diagnose_sets(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Response-set data: best-of-K metrics against the gold scores and the pick-the-longest and
+        random baselines (rmlab.diagnostics.sets), logged as `<stage>/sets/...`; after testing (or a
+        standalone validate) also the best-of-N audit (rmlab.diagnostics.bon) in report.json/report.md
+        and bon.png. The pair diagnostics (length buckets, patterns, probes) read pairs and are not run."""
+        scored = pl_module.eval_set_rewards(stage)
+        if len(scored) == 0:
+            return
+        split = trainer.datamodule.splits[stage].select(scored.index.tolist())
+        report = set_report(scored, split["response_tokens"], split["responses"], split["origin"], self.settings["worst_k"])
+        report["stage"], report["step"] = stage, trainer.global_step
+        self.last_report = report
+        for key, value in set_scalars(report, stage).items():
+            pl_module.log(key, value, sync_dist=False, rank_zero_only=True)
+        if trainer.is_global_zero and trainer.state.fn != TrainerFn.FITTING and self.report_dir is not None:
+            write_set_report(report, self.report_dir, self.report_title)
+            log.info("response-set report: %s", self.report_dir / "report.md")
+
     def _diagnose(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if getattr(trainer.datamodule, "sets", False):
+            return self._diagnose_sets(trainer, pl_module, stage)
         start = time.perf_counter()
         scored = pl_module.eval_rewards(stage)  # the whole split, gathered from every rank
         if len(scored) == 0:

@@ -78,3 +78,51 @@ class EvalRewardStore:
             self._gathered[stage] = ScoredPairs(index, values[:, 0], values[:, 1],
                                                 values[:, 2] if self._has_label_margin else None)
         return self._gathered[stage]
+
+
+@dataclass(frozen=True)
+class ScoredSets:
+    """Every scored response set of a split, each once, sorted by `index`; on CPU, padded to the widest set W."""
+
+    index: torch.Tensor     # [N] int64: the set's row in its split
+    rewards: torch.Tensor   # [N, W] float32 (0 where absent)
+    scores: torch.Tensor    # [N, W] float32: the gold scores (0 where absent)
+    mask: torch.Tensor      # [N, W] bool: True where set n has a response k
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+class EvalSetStore:
+    """EvalRewardStore for response sets: (index [B], rewards, scores, mask [B, K]) batch by batch,
+    gathered once per epoch from every rank (batches of different K are padded to the widest)."""
+
+    def __init__(self) -> None:
+        self._parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
+        self._gathered: dict[str, ScoredSets | None] = {"val": None, "test": None}
+
+    def reset(self, stage: str) -> None:
+        self._parts[stage], self._gathered[stage] = [], None
+
+    def seen(self, stage: str) -> int:
+        """Sets added on this rank in this epoch."""
+        return sum(len(index) for index, _ in self._parts[stage])
+
+    def add(self, stage: str, index: torch.Tensor, rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> None:
+        """One batch: index [B]; rewards, scores, mask [B, K]."""
+        values = torch.stack([rewards.detach().float(), scores.float(), mask.float()], 1)  # [B, 3, K]
+        self._parts[stage].append((index.detach(), values))
+
+    def gathered(self, stage: str, module: L.LightningModule) -> ScoredSets:
+        """The split's sets from all ranks (collective under DDP: every rank calls it)."""
+        if self._gathered[stage] is None:
+            parts = self._parts[stage]
+            width = max((v.shape[2] for _, v in parts), default=0)
+            if module.trainer.world_size > 1:
+                width = int(module.all_gather(torch.tensor(width, device=module.device)).max())
+            index = torch.cat([i for i, _ in parts]) if parts else torch.zeros(0, dtype=torch.long)
+            values = (torch.cat([torch.nn.functional.pad(v, (0, width - v.shape[2])) for _, v in parts]) if parts
+                      else torch.zeros(0, 3, width))
+            index, values = gather_unique(module, index, values)
+            self._gathered[stage] = ScoredSets(index, values[:, 0], values[:, 1], values[:, 2].bool())
+        return self._gathered[stage]

@@ -15,13 +15,15 @@ import lightning as L
 import torch
 from torch import nn
 
-from rmlab.data.batch import Batch, group_count
+from rmlab.data.batch import Batch, group_count, is_set_batch
 from rmlab.data.collate import packed_attention, sequence_masks
-from rmlab.errors import ConfigError
+from rmlab.data.set_collate import response_masks, to_sets
+from rmlab.errors import ConfigError, NonFiniteError
 from rmlab.hub import is_causal_decoder
 from rmlab.model import optim
 from rmlab.model.backbone import apply_lora, load_backbone
-from rmlab.model.eval_store import EvalRewardStore, ScoredPairs
+from rmlab.model.eval_store import EvalRewardStore, EvalSetStore, ScoredPairs, ScoredSets
+from rmlab.model.loss import AllPairsBradleyTerryLoss, ordered_pairs
 from rmlab.model.nonfinite import check_policy, nonfinite_problem
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,13 @@ def pair_metrics(stage: str, reward_chosen: torch.Tensor, reward_rejected: torch
         out[f"{stage}/reward_{side}_mean"] = rewards.mean()
         out[f"{stage}/reward_{side}_std"] = rewards.std(correction=0)
     return {key: float(value) for key, value in out.items()}
+
+
+def set_pair_accuracy(rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[] share of a set batch's ordered pairs (i scored above j; rewards, scores, mask [B, K]) whose
+    rewards agree (r_i > r_j: 1, a tie: 0.5), as pair_correct counts a pair; NaN without ordered pairs."""
+    better, _ = ordered_pairs(scores, mask)
+    return pair_correct(rewards[:, :, None] - rewards[:, None, :])[better].mean()
 
 
 def split_point(lengths: torch.Tensor, min_saving: float = 0.1) -> int | None:
@@ -77,6 +86,7 @@ class RewardModel(L.LightningModule):
         lora: dict | None = None,
         on_nonfinite: str = "stop",
         split_by_length: bool = True,
+        set_loss: nn.Module | None = None,
     ):
         super().__init__()
         check_policy(on_nonfinite)
@@ -106,9 +116,12 @@ class RewardModel(L.LightningModule):
         self.head = nn.Linear(self.backbone.config.hidden_size, getattr(loss, "num_heads", 1), bias=False)
         nn.init.normal_(self.head.weight, std=1.0 / (self.backbone.config.hidden_size + 1) ** 0.5)
         self.loss_fn = loss
+        # Response-set batches (K responses per prompt) train with a set loss (conf/set_loss/).
+        self.set_loss_fn = set_loss if set_loss is not None else AllPairsBradleyTerryLoss()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.eval_store = EvalRewardStore()  # per-pair rewards of the current val/test epoch
+        self.set_store = EvalSetStore()  # per-set rewards, for response-set data
         self.pairs_seen = 0
         self.on_nonfinite = on_nonfinite
         self.split_by_length = split_by_length
@@ -149,10 +162,8 @@ class RewardModel(L.LightningModule):
         hidden = self.backbone(**kwargs).last_hidden_state
         return self._rewards(self.pooling(hidden, attention_mask), all_heads)
 
-    def packed_rewards(self, input_ids: torch.Tensor, segments: torch.Tensor, position_ids: torch.Tensor,
-                       all_heads: bool = False) -> torch.Tensor:
-        """Rewards of SharedPromptCollator rows ([B, L] each; one row per pair, the prompt computed once):
-        [2B], chosen rewards then rejected, as forward() gives for the unpacked rows ([2B, heads] with all_heads)."""
+    def _packed_hidden(self, input_ids: torch.Tensor, segments: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """[B, L, hidden] of packed rows (a prompt then responses that each see the prompt and themselves)."""
         if not (self._causal and self._accepts_position_ids):
             raise ConfigError(f"data.packing=shared_prompt needs a causal decoder that takes position ids; "
                               f"{type(self.backbone).__name__} is not one (its prompt tokens would see the replies). "
@@ -164,7 +175,13 @@ class RewardModel(L.LightningModule):
         elif attention != "sdpa":
             raise ConfigError(f"data.packing=shared_prompt builds its own attention mask, which "
                               f"attn_implementation={attention!r} cannot take; use sdpa or eager, or data.packing=none")
-        hidden = self.backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
+        return self.backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
+
+    def packed_rewards(self, input_ids: torch.Tensor, segments: torch.Tensor, position_ids: torch.Tensor,
+                       all_heads: bool = False) -> torch.Tensor:
+        """Rewards of SharedPromptCollator rows ([B, L] each; one row per pair, the prompt computed once):
+        [2B], chosen rewards then rejected, as forward() gives for the unpacked rows ([2B, heads] with all_heads)."""
+        hidden = self._packed_hidden(input_ids, segments, position_ids)
         sides = sequence_masks(segments)  # [2B, L]: chosen sequences, then rejected ones
         half = len(input_ids)
         pooled = torch.cat([self.pooling(hidden, sides[:half]), self.pooling(hidden, sides[half:])])
@@ -189,6 +206,47 @@ class RewardModel(L.LightningModule):
             parts.append(self(input_ids[rows, start:end], mask[:, start:end], all_heads))
             positions += len(rows) * (end - start)
         return torch.cat(parts)[torch.argsort(order)], positions
+
+    def set_rewards(self, batch: Batch) -> tuple[torch.Tensor, int]:
+        """Rewards [B, Kmax] of a response-set batch (rmlab.data.set_collate; 0 where a set has fewer
+        responses) and the token positions computed. Packed: each set's prompt is computed once and
+        every response pooled over the prompt and itself; padded: one row per response."""
+        if self.head.out_features > 1:
+            raise ConfigError(f"a {type(self.loss_fn).__name__} reward model has {self.head.out_features} heads, which "
+                              "response sets do not train; leave debias=odin off for response sets")
+        if "segments" in batch:
+            hidden = self._packed_hidden(batch["input_ids"], batch["segments"], batch["position_ids"])
+            masks = response_masks(batch["segments"], batch["response_mask"].shape[1])  # [B, K, L]
+            pooled = torch.stack([self.pooling(hidden, masks[:, k]) for k in range(masks.shape[1])], dim=1)
+            rewards = self._rewards(pooled.flatten(0, 1), all_heads=False).view(masks.shape[:2])
+            return rewards.masked_fill(~batch["response_mask"], 0), batch["input_ids"].numel()
+        rows, positions = self._split_forward(batch["input_ids"], batch["attention_mask"])
+        return to_sets(rows, batch["set_rows"]), positions
+
+    def _set_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(loss [], rewards [B, Kmax], token positions computed) of a response-set batch."""
+        rewards, positions = self.set_rewards(batch)
+        return self.set_loss_fn(rewards, batch["scores"], batch["response_mask"]), rewards, positions
+
+    def _set_training_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
+        loss, rewards, positions = self._set_step(batch)
+        n_sets = group_count(batch)
+        self.pairs_seen += n_sets * self.trainer.world_size  # groups seen: sets here
+        out = {"loss": loss, "positions_computed": positions}
+        mask = batch["response_mask"]
+        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(rewards[mask]).all())
+        if not self.trainer.strategy.reduce_boolean_decision(not finite, all=False):
+            self.log_dict({"train/loss": loss, "train/acc": set_pair_accuracy(rewards, batch["scores"], mask)},
+                          prog_bar=True, batch_size=n_sets)
+            self.log("train/sets_seen", float(self.pairs_seen), batch_size=n_sets)
+            return out
+        message = (f"non-finite loss ({float(loss.detach()):.4g}) or reward at global step {self.global_step}, "
+                   f"epoch {self.current_epoch}, train batch {batch_idx} (response sets)")
+        if self.on_nonfinite == "stop":
+            raise NonFiniteError(f"{message}. Lower model.optimizer.lr, check those sets, or set model.on_nonfinite=skip")
+        self._drop_update = True
+        log.warning("%s: skipping this update (model.on_nonfinite=skip)", message)
+        return out
 
     def _batch_rewards(self, batch: Batch) -> tuple[torch.Tensor, int]:
         """[2B, heads] outputs of a batch (chosen rows, then rejected) and the token positions the
@@ -220,6 +278,8 @@ class RewardModel(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         """{"loss": the loss, "positions_computed": token positions the forward computed} (the
         Throughput callback reads the latter from the step's outputs)."""
+        if is_set_batch(batch):
+            return self._set_training_step(batch, batch_idx)
         outputs, positions = self._batch_rewards(batch)
         loss, reward_chosen, reward_rejected = self._pair_loss(batch, outputs)
         n_pairs = group_count(batch)
@@ -252,6 +312,14 @@ class RewardModel(L.LightningModule):
             self.log("train/skipped_nonfinite", float(self.skipped_nonfinite))
 
     def _eval_step(self, stage: str, batch: Batch, batch_idx: int) -> None:
+        if is_set_batch(batch):
+            _, rewards, _ = self._set_step(batch)
+            index = batch.get("index")
+            if index is None:
+                seen = self.set_store.seen(stage)
+                index = torch.arange(seen, seen + len(rewards)) + self.global_rank * 2**40
+            self.set_store.add(stage, index, rewards, batch["scores"], batch["response_mask"])
+            return
         loss, reward_chosen, reward_rejected = self._pair_step(batch)
         problem = nonfinite_problem(self, self.on_nonfinite, stage, batch, batch_idx, loss, reward_chosen, reward_rejected)
         if problem:  # evaluation updates nothing: the pairs are scored anyway, and the metrics show it
@@ -268,11 +336,21 @@ class RewardModel(L.LightningModule):
         BiasDiagnostics before that)."""
         return self.eval_store.gathered(stage, self)
 
+    def eval_set_rewards(self, stage: str) -> ScoredSets:
+        """eval_rewards for response sets: every set of the split, each once, sorted by index (collective under DDP)."""
+        return self.set_store.gathered(stage, self)
+
     def _eval_epoch_start(self, stage: str) -> None:
         self.eval_store.reset(stage)
+        self.set_store.reset(stage)
 
     def _eval_epoch_end(self, stage: str) -> None:
         # Computed once over the whole split (not averaged per batch or per rank): exact under DDP.
+        sets = self.eval_set_rewards(stage)
+        if len(sets):  # response sets: the set loss and the share of ordered pairs ranked right, over the whole split
+            self.log(f"{stage}/acc", float(set_pair_accuracy(sets.rewards, sets.scores, sets.mask)), prog_bar=True)
+            self.log(f"{stage}/loss", float(self.set_loss_fn(sets.rewards, sets.scores, sets.mask)))
+            return
         pairs = self.eval_rewards(stage)
         if len(pairs) == 0:
             return
