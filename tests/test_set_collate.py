@@ -89,3 +89,4 @@ def test_tokenize_set_cuts_the_shared_prompt_for_its_longest_response():
     pair = tokenize_pair({"prompt": prompt, "chosen": "yes", "rejected": "no no no"}, tokenizer, max_length=6)
     assert (pair["chosen_input_ids"], pair["rejected_input_ids"]) == tuple(out["input_ids"][:2])
     assert (pair["same_ids"], pair["chosen_response_tokens"], pair["rejected_response_tokens"]) == (False, 1, 3)
+
