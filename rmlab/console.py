@@ -112,10 +112,16 @@ def end_summary(summary: dict, run_dir: Path) -> list[str]:
         value = summary.get(key)
         return "n/a" if value is None or value != value else f"{value:.3f}"
 
-    lines = [f"done in {summary.get('wall_time_s', 0):.0f} s: {summary.get('train/steps')} steps, "
-             f"{summary.get('train/pairs_seen')} training pairs",
+    sets = "data/train/sets" in summary  # response-set data
+    seen = f"{summary.get('train/pairs_seen')} training {'sets' if sets else 'pairs'}"
+    lines = [f"done in {summary.get('wall_time_s', 0):.0f} s: {summary.get('train/steps')} steps, {seen}",
              f"val/acc {number('val/acc')} (best checkpoint)"]
-    if "test/acc" in summary:
+    if "test/acc" in summary and sets:
+        lines.append(
+            f"test/acc {number('test/acc')} (ordered pairs ranked right)   best-of-K acc {number('test/sets/best_of_k_acc')} "
+            f"(longest {number('test/sets/longest_best_of_k_acc')}, random {number('test/sets/random_best_of_k_acc')})   "
+            f"Kendall tau {number('test/sets/kendall_tau')}   regret {number('test/sets/regret')}")
+    elif "test/acc" in summary:
         lines.append(
             f"test/acc {number('test/acc')}   length-balanced acc {number('test/bias/length_balanced_acc')}   "
             f"acc when chosen is longer {number('test/bias/acc_chosen_longer')} / shorter "

@@ -111,7 +111,7 @@ class BiasDiagnostics(L.Callback):
         if len(scored) == 0:
             return
         split = trainer.datamodule.splits[stage].select(scored.index.tolist())
-        report = set_report(scored, split["response_tokens"], split["responses"], split["origin"], self.settings["worst_k"])
+        report = set_report(scored, split["responses"], split["origin"], self.settings["worst_k"])
         report["stage"], report["step"] = stage, trainer.global_step
         self.last_report = report
         for key, value in set_scalars(report, stage).items():

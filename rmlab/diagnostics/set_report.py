@@ -14,13 +14,14 @@ from rmlab.diagnostics.sets import longest_pick_rates, random_baseline, set_metr
 from rmlab.model.eval_store import ScoredSets
 
 
-def set_report(scored: ScoredSets, lengths: Sequence[Sequence[int]], responses: Sequence[Sequence[str]],
-               origins: Sequence[str], worst_k: int = 20) -> dict[str, Any]:
+def set_report(scored: ScoredSets, responses: Sequence[Sequence[str]], origins: Sequence[str],
+               worst_k: int = 20) -> dict[str, Any]:
     """{sets, responses, metrics, longest, random, longest_pick, best_of_n, overrated} of a split's scored
-    sets; `lengths` (response tokens), `responses` and `origins` are the split's, in `scored.index` order."""
+    sets; `responses` and `origins` are the split's, in `scored.index` order. "Longest" is by characters
+    (the text's own length, whatever max_length cut from what the model read), as in rmlab.audit."""
     rewards = [row[mask].tolist() for row, mask in zip(scored.rewards, scored.mask)]
     gold = [row[mask].tolist() for row, mask in zip(scored.scores, scored.mask)]
-    lengths = [list(n) for n in lengths]
+    lengths = [[len(text) for text in texts] for texts in responses]
     worst = bon.overrated(rewards, gold, responses, worst_k)
     for row in worst:
         row["origin"] = origins[row["set"]]
