@@ -1,7 +1,8 @@
 """Score a file with a reward model: `python -m rmlab.score model_path=<export dir | .ckpt> data.path=rows.jsonl out=scores.jsonl`.
 
-Rows are (prompt, response) -> `reward`, or preference pairs in any training format -> `reward_chosen`,
-`reward_rejected`, `reward_margin` (their difference). Every input row and field is written back in input order; over-long
+Rows are (prompt, response) -> `reward`, preference pairs in any training format -> `reward_chosen`,
+`reward_rejected`, `reward_margin` (their difference), or response sets (a prompt and a list of
+`responses`, scored or not) -> `rewards`, one per response, each response scored on its own. Every input row and field is written back in input order; over-long
 inputs are truncated as in training (prompt cut from the left) and counted. The model is an
 rmlab.export folder (plain transformers plus the tokenization settings stored in its config.json)
 or an rmlab.train checkpoint (rmlab's RewardModel); both give the same rewards.
@@ -19,13 +20,14 @@ from tqdm import tqdm
 
 from rmlab.config import CONFIG_DIR
 from rmlab.data.files import read_file_rows
-from rmlab.data.formats import FORMATS, PairFormatError, detect_format, to_pair
+from rmlab.data.formats import FORMATS, PairFormatError, _as_messages, detect_format, to_pair
 from rmlab.errors import DataError
 from rmlab.launch import short_user_errors
 from rmlab.trained import Scorer, score_sequences, tokenizing_function, write_rows
 
 log = logging.getLogger(__name__)
 SINGLE = "single"  # one (prompt, response) per row
+SETS = "sets"      # a prompt and a list of responses per row
 
 
 def read_rows(path: str) -> list[tuple[str, Any]]:
@@ -42,11 +44,13 @@ def read_rows(path: str) -> list[tuple[str, Any]]:
 def row_format(first: Any, fmt: str, columns: dict) -> str:
     """`single` for prompt + response rows, else the pair format (named, or detected from the first row)."""
     if fmt != "auto":
-        if fmt not in (SINGLE, *FORMATS):
-            raise ValueError(f"data.format={fmt!r}; choose auto, {SINGLE} or one of {FORMATS}")
+        if fmt not in (SINGLE, SETS, *FORMATS):
+            raise ValueError(f"data.format={fmt!r}; choose auto, {SINGLE}, {SETS} or one of {FORMATS}")
         return fmt
     if isinstance(first, dict) and columns["response"] in first and columns["chosen"] not in first:
         return SINGLE
+    if isinstance(first, dict) and isinstance(first.get(columns["responses"]), list):
+        return SETS
     return detect_format(first if isinstance(first, dict) else {}, columns)
 
 
@@ -54,6 +58,14 @@ def to_item(row: Any, fmt: str, columns: dict) -> dict:
     """{prompt: messages, responses: [response] or [chosen, rejected]} of one row."""
     if not isinstance(row, dict):
         raise PairFormatError(f"expected an object with named fields, got {type(row).__name__}")
+    if fmt == SETS:
+        prompt, responses = row.get(columns["prompt"]), row.get(columns["responses"])
+        if prompt is None or not isinstance(responses, list) or not responses:
+            raise PairFormatError(f"missing {columns['prompt']!r}, or {columns['responses']!r} is not a list of responses")
+        texts = [r.get("content") if isinstance(r, dict) else r for r in responses]  # strings or assistant messages
+        if not all(isinstance(t, str) for t in texts):
+            raise PairFormatError(f"every item of {columns['responses']!r} must be a string or a message with a string content")
+        return {"prompt": _as_messages(prompt, f"column {columns['prompt']!r}"), "responses": texts, "separately": True}
     if fmt == SINGLE:
         prompt, response = row.get(columns["prompt"]), row.get(columns["response"])
         if prompt is None or response is None:
@@ -73,7 +85,7 @@ def read_items(path: str, fmt: str, columns: dict, fields: dict) -> tuple[list[t
     if not rows:
         raise ValueError(f"{path}: no rows")
     fmt = row_format(rows[0][1], fmt, columns)
-    added = [fields["reward"]] if fmt == SINGLE else [fields["reward_chosen"], fields["reward_rejected"], fields["reward_margin"]]
+    added = [fields["reward"]] if fmt == SINGLE else [fields["rewards"]] if fmt == SETS else [fields["reward_chosen"], fields["reward_rejected"], fields["reward_margin"]]
     items = []
     for location, row in rows:
         try:
@@ -97,8 +109,14 @@ def tokenize_items(scorer: Scorer, rows: list[tuple[str, Any]], items: list[dict
     sequences, flagged = [], {"prompt": [], "response": [], "unknown_responses": [], "unrendered_tool_calls": [],
                                 "reply_fields_dropped": []}
     for (location, _), item in zip(tqdm(rows, desc="tokenizing", unit="row"), items):
-        encoded = encode(item["prompt"], *item["responses"])
-        sequences += [encoded["chosen_input_ids"], encoded["rejected_input_ids"]][:len(item["responses"])]
+        # A set's responses are scored each on its own (as a best-of-N sampler scores its samples).
+        encodings = [encode(item["prompt"], r) for r in item["responses"]] if item.get("separately") else \
+            [encode(item["prompt"], *item["responses"])]
+        per_encoding = 1 if item.get("separately") else len(item["responses"])
+        for encoded in encodings:
+            sequences += [encoded["chosen_input_ids"], encoded["rejected_input_ids"]][:per_encoding]
+        encoded = {key: any(e[key] for e in encodings) for key in ("prompt_truncated", "response_truncated",
+                                                                    "unknown_responses", "unrendered_tool_calls")}
         for part in ("prompt", "response"):
             if encoded[f"{part}_truncated"]:
                 flagged[part].append(location)
@@ -134,9 +152,11 @@ def score(cfg: DictConfig) -> dict:
     scorer = Scorer(cfg.model_path, cfg.trust_remote_code, device)
     sequences, flagged = tokenize_items(scorer, rows, items, path)
     rewards = score_sequences(scorer, sequences, cfg.batch_size, cfg.sort_window, cfg.precision)
-    scored = []
+    scored, flat = [], iter(rewards)
     for index, (_, row) in enumerate(rows):
-        if fmt == SINGLE:
+        if fmt == SETS:
+            scored.append({**row, fields["rewards"]: [next(flat) for _ in items[index]["responses"]]})
+        elif fmt == SINGLE:
             scored.append({**row, fields["reward"]: rewards[index]})
         else:
             chosen, rejected = rewards[2 * index], rewards[2 * index + 1]
