@@ -385,7 +385,14 @@ def check_tokenizer(folder: Path, pairs: list[dict], settings: dict, remote_code
 
 
 def export(cfg: DictConfig) -> dict:
-    """Write the folder (checked against rmlab's rewards) and return its `rmlab` config entry."""
+    """Write the folder (checked against rmlab's rewards) and return its `rmlab` config entry.
+    Raises ConfigError for an ensemble (ckpt=[a,b,...]): separately trained models have no one folder."""
+    if not isinstance(cfg.ckpt, str):
+        raise ConfigError(f"ckpt={OmegaConf.to_container(cfg.ckpt) if OmegaConf.is_config(cfg.ckpt) else cfg.ckpt}: an "
+                          "ensemble of separately trained reward models is not one Hugging Face model, so no consumer could "
+                          "compute its aggregated reward from one folder. Export each member (ckpt=<one checkpoint>), "
+                          "have the consumer score with each and combine the rewards (mean, min, or mean - k * std; "
+                          "docs/audit.md), or audit the ensemble with python -m rmlab.audit ckpt=[...]")
     check_export(cfg.ckpt, cfg.remote_code)  # a pooling with no transformers head: refused before any weights load
     out = Path(cfg.out).expanduser()
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
