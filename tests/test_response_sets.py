@@ -2,12 +2,10 @@
 
 import gzip
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, run_cli
 from rmlab.data.formats import PairFormatError
 from rmlab.data.response_sets import alpacaeval_sets, to_response_set
 
@@ -65,13 +63,14 @@ def test_alpacaeval_pairs_group_into_sets_with_win_probabilities():
         alpacaeval_sets([PAIRS[0], {**PAIRS[1], "chosen_model": "x", "rejected_model": "b"}])
 
 
+@pytest.mark.e2e
 def test_alpacaeval_conversion_of_the_real_test_pairs(tmp_path):
     source = SHARED_DATA / "alpacaeval_pairs_test.jsonl.gz"
     if not source.is_file():
         pytest.skip(f"real preference data not found at {SHARED_DATA}")
     out = tmp_path / "sets.jsonl.gz"
-    result = subprocess.run([sys.executable, "-m", "rmlab.data.response_sets", "alpacaeval", str(source), str(out)],
-                            capture_output=True, text=True, timeout=120, check=True)
+    result = run_cli("rmlab.data.response_sets", ["alpacaeval", str(source), str(out)], tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
     sets = [json.loads(line) for line in gzip.open(out, "rt")]
     pairs = sum(1 for _ in gzip.open(source, "rt"))
     assert sum(len(s["responses"]) - 1 for s in sets) == pairs == 1168  # every pair adds one output to a set
