@@ -152,7 +152,7 @@ SMALL_SWEEP = ["-m", "experiment=smoke", "data.source.n_train=16", "data.source.
 def small_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """`python -m rmlab.train <SMALL_SWEEP>`: its sweep dir and the finished process."""
     sweep = tmp_path_factory.mktemp("small_sweep") / "sweep"
-    result = run_cli("rmlab.train", [*SMALL_SWEEP, f"hydra.sweep.dir={sweep}"], sweep.parent)
+    result = run_cli("rmlab.train", [*SMALL_SWEEP, f"hydra.sweep.dir={sweep}"], sweep.parent, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     return sweep, result
 
