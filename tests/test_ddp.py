@@ -2,39 +2,29 @@
 results, with every val/test pair counted exactly once; one run dir, logs from both ranks."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-# 17 val and 17 test pairs: 2 ranks get 9 each, one of them a DistributedSampler repeat that must
-# not count twice. 32 train pairs: 4 steps of global batch 8 either way.
-COMMON = ["experiment=smoke", "data.source.n_train=32", "data.source.n_val=17", "data.source.n_test=17",
-          "trainer.accelerator=cpu", "trainer.precision=32-true", "model.optimizer.lr=1e-3", "logger=csv",
-          # One forward per batch: split_by_length would cut a half batch elsewhere than the whole one.
-          "model.split_by_length=false"]
+from conftest import CLI_SMOKE, run_cli
+
+# The single-process run is the session's short CLI training (conftest.CLI_SMOKE): 32 train pairs, 4 steps of
+# global batch 8, fp32, lr 1e-3, one forward per batch; 17 val and 17 test pairs: 2 ranks get 9 each, one of them
+# a DistributedSampler repeat that must not count twice. The DDP run: the same, 2 processes of batch 4.
+DDP = [*(o for o in CLI_SMOKE if not o.startswith("data.batch_size=")), "data.batch_size=4", "trainer.devices=2",
+       "logger=csv"]
 # fp32 sums in a different order (two half-batch gradients all-reduced vs one batch), nothing else.
 TOLERANCE = 1e-4
 
 
-def _train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
-    return subprocess.run([sys.executable, "-m", "rmlab.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=900)
-
-
+@pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.multiprocess
-def test_two_processes_with_half_the_batch_match_one_process(tmp_path):
-    runs = {}
-    for devices, batch_size in ((1, 8), (2, 4)):
-        run_dir = tmp_path / f"devices{devices}"
-        result = _train([*COMMON, f"trainer.devices={devices}", f"data.batch_size={batch_size}",
-                         f"hydra.run.dir={run_dir}"], tmp_path)
-        assert result.returncode == 0, result.stderr[-3000:]
-        runs[devices] = (run_dir, json.loads((run_dir / "summary.json").read_text()))
-    (one_dir, one), (ddp_dir, ddp) = runs[1], runs[2]
+def test_two_processes_with_half_the_batch_match_one_process(cli_smoke_run, tmp_path):
+    ddp_dir = tmp_path / "devices2"
+    result = run_cli("rmlab.train", [*DDP, f"hydra.run.dir={ddp_dir}"], tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = json.loads((ddp_dir / "summary.json").read_text())
+    _, _, one = cli_smoke_run
 
     assert ddp["train/steps"] == one["train/steps"] == 4 and ddp["train/pairs_seen"] == one["train/pairs_seen"] == 32
     # The module's own metrics, whole split each: the lr makes 4 steps move the rewards far more

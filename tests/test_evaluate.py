@@ -2,36 +2,37 @@
 column, W&B offline read back, and the same report from 2 DDP processes as from one."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import compose_train
+from conftest import compose_entry, run_cli
 from wandb_offline import read_run
 from rmlab.diagnostics.probes import PROBES
-from rmlab.train import train
+from rmlab.evaluate import evaluate
 
-N_TEST = 25  # odd: 2 DDP ranks get 13 each, one a padded duplicate that must not count twice
+N_TEST = 17  # conftest.CLI_SMOKE's, odd: 2 DDP ranks get 9 each, one a padded duplicate that must not count twice
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> tuple[Path, dict]:
-    run_dir = tmp_path_factory.mktemp("train")
-    cfg = compose_train(["experiment=smoke", "data.source.n_train=32", "data.source.n_val=16",
-                         f"data.source.n_test={N_TEST}"], run_dir)
-    summary = train(cfg)
+def checkpoint(cli_smoke_run) -> tuple[Path, dict]:
+    """The best checkpoint of the session's short CLI training, and its summary."""
+    _, _, summary = cli_smoke_run
+    assert summary["data/test/pairs"] == N_TEST
     return Path(summary["best_checkpoint"]), summary
 
 
-def _evaluate(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
-    return subprocess.run([sys.executable, "-m", "rmlab.evaluate", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+@pytest.fixture(scope="module")
+def evaluated(checkpoint, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """`python -m rmlab.evaluate ckpt=<checkpoint>` on the CPU (one process, W&B offline, the default precision):
+    its run dir and the process. The CPU, as the DDP evaluation runs, to compare the two on any machine."""
+    ckpt, _ = checkpoint
+    out = tmp_path_factory.mktemp("evaluate") / "eval"
+    return out, run_cli("rmlab.evaluate", [f"ckpt={ckpt}", "trainer.accelerator=cpu", f"hydra.run.dir={out}"], out.parent)
 
 
+@pytest.mark.e2e
 def test_training_writes_the_report_of_its_test_split(checkpoint):
     ckpt, summary = checkpoint
     run_dir = ckpt.parent.parent
@@ -44,10 +45,11 @@ def test_training_writes_the_report_of_its_test_split(checkpoint):
         assert (run_dir / name).stat().st_size > 0, name
 
 
-def test_evaluate_cli_on_the_runs_own_test_split(checkpoint, tmp_path):
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_evaluate_cli_on_the_runs_own_test_split(checkpoint, evaluated):
     ckpt, summary = checkpoint
-    out = tmp_path / "eval"
-    result = _evaluate([f"ckpt={ckpt}", f"hydra.run.dir={out}"], tmp_path)
+    out, result = evaluated
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["n"] == N_TEST and report["stage"] == "test"
@@ -71,6 +73,7 @@ def test_evaluate_cli_on_the_runs_own_test_split(checkpoint, tmp_path):
     assert {"tables/worst", "tables/length", "plots/probes", "plots/length"} <= media
 
 
+@pytest.mark.e2e
 def test_evaluate_a_file_with_a_subset_column(checkpoint, tmp_path):
     ckpt, _ = checkpoint
     rows = [{"prompt": f"What is {a} + {b}?", "chosen": f"{a + b}", "rejected": f"{a + b + 1}", "subset": "math"}
@@ -84,7 +87,7 @@ def test_evaluate_a_file_with_a_subset_column(checkpoint, tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8-sig")  # with a byte-order mark
     out = tmp_path / "eval"
-    result = _evaluate([f"ckpt={ckpt}", "data=local", f"data.path={path}", "logger=csv", f"hydra.run.dir={out}",
+    result = run_cli("rmlab.evaluate", [f"ckpt={ckpt}", "data=local", f"data.path={path}", "logger=csv", f"hydra.run.dir={out}",
                         "data.columns.margin=gap", "data.on_bad_row=skip"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
@@ -98,23 +101,25 @@ def test_evaluate_a_file_with_a_subset_column(checkpoint, tmp_path):
 
 
 def test_evaluate_refuses_a_missing_checkpoint(tmp_path):
-    result = _evaluate([f"ckpt={tmp_path / 'nope.ckpt'}", "logger=csv", f"hydra.run.dir={tmp_path / 'e'}"], tmp_path, timeout=120)
-    assert result.returncode != 0 and "nope.ckpt" in result.stderr and "no such file" in result.stderr
+    cfg = compose_entry("evaluate", [f"ckpt={tmp_path / 'nope.ckpt'}", "logger=csv"], tmp_path / "e")
+    with pytest.raises(FileNotFoundError, match=f"ckpt='{tmp_path / 'nope.ckpt'}': no such file"):
+        evaluate(cfg)
+    assert not (tmp_path / "e" / "report.json").exists()
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.multiprocess
-def test_ddp_evaluation_gives_the_single_process_report(checkpoint, tmp_path):
+def test_ddp_evaluation_gives_the_single_process_report(checkpoint, evaluated, tmp_path):
     ckpt, _ = checkpoint
-    reports = {}
-    for devices in (1, 2):
-        out = tmp_path / f"eval{devices}"
-        result = _evaluate([f"ckpt={ckpt}", "logger=csv", "trainer.accelerator=cpu", f"trainer.devices={devices}",
-                            f"hydra.run.dir={out}"], tmp_path)
-        assert result.returncode == 0, result.stderr[-3000:]
-        if devices == 2:
-            assert "MEMBER: 2/2" in result.stdout + result.stderr  # really two processes
-        reports[devices] = json.loads((out / "report.json").read_text())
-    single, ddp = reports[1], reports[2]
+    single_out, single_result = evaluated  # one process
+    assert single_result.returncode == 0, single_result.stderr[-3000:]
+    out = tmp_path / "eval2"
+    result = run_cli("rmlab.evaluate", [f"ckpt={ckpt}", "logger=csv", "trainer.accelerator=cpu", "trainer.devices=2",
+                                        f"hydra.run.dir={out}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MEMBER: 2/2" in result.stdout + result.stderr  # really two processes
+    single, ddp = (json.loads((d / "report.json").read_text()) for d in (single_out, out))
     assert ddp["n"] == single["n"] == N_TEST  # gathered from both ranks, the padded duplicate counted once
     for key in ("acc", "loss", "margin", "ece"):
         assert ddp["overall"][key] == pytest.approx(single["overall"][key], abs=1e-5), key

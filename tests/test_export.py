@@ -7,8 +7,6 @@ import json
 import os
 import re
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import compose_train
+from conftest import compose_train, run_cli
 from rmlab.config import CONFIG_DIR
 from rmlab.evaluate import load_checkpoint, load_reward_model
 from rmlab.export import PAD_TOKEN, REMOTE_MODEL_TYPE, export, rmlab_tokenizer, validation_rewards
@@ -87,12 +85,6 @@ def rmlab_rewards(ckpt: Path, prompts: list, responses: list[str]) -> torch.Tens
                           for ids in (encode(p, r)["chosen_input_ids"] for p, r in zip(prompts, responses))])
 
 
-def run_export(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
-    return subprocess.run([sys.executable, "-m", "rmlab.export", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory) -> tuple[Path, Path]:
     return trained_checkpoint("smollm2", tmp_path_factory), exported_folder("smollm2", tmp_path_factory)
@@ -113,6 +105,7 @@ def lora_ckpt(tmp_path_factory) -> Path:
     return trained_checkpoint("minilm_lora", tmp_path_factory)
 
 
+@pytest.mark.e2e
 def test_decoder_export_is_the_native_class_and_gives_rmlab_rewards_under_both_paddings(smollm2):
     ckpt, folder = smollm2
     expected = rmlab_rewards(ckpt, PROMPTS, RESPONSES)
@@ -132,6 +125,7 @@ def test_decoder_export_is_the_native_class_and_gives_rmlab_rewards_under_both_p
         assert rewards == pytest.approx(expected.tolist(), abs=ATOL), side
 
 
+@pytest.mark.e2e
 def test_rmlab_reads_a_decoder_reward_at_the_eos_token_that_ends_the_response(smollm2):
     """Training, evaluation and scoring share tokenize_pair: its ids end at <|im_end|>, where a policy's
     generated response ends, not at the "\n" SmolLM2's chat template writes after it."""
@@ -145,6 +139,7 @@ def test_rmlab_reads_a_decoder_reward_at_the_eos_token_that_ends_the_response(sm
         assert rendered == ids + tokenizer("\n", add_special_tokens=False)["input_ids"]
 
 
+@pytest.mark.e2e
 def test_decoder_export_pads_with_a_token_no_input_contains(smollm2):
     """SmolLM2 pads with its eos <|im_end|>; transformers pools the last id != pad_token_id, so every
     input, which ends in <|im_end|>, would be scored at the token before it. The export adds <|pad|>."""
@@ -177,6 +172,7 @@ def test_decoder_export_pads_with_a_token_no_input_contains(smollm2):
     assert abs(expected - one_short) > 10 * ATOL
 
 
+@pytest.mark.e2e
 def test_export_stores_what_consumers_read(smollm2):
     """Reward statistics (rmlab's entry and OpenRLHF's top-level mean/std), tokenization settings,
     transformers 4.x's top-level rope_theta, a model card, and files others can read."""
@@ -203,6 +199,7 @@ def test_export_stores_what_consumers_read(smollm2):
         assert stat.S_IMODE(file.stat().st_mode) == 0o666 & ~umask, file.name
 
 
+@pytest.mark.e2e
 def test_encoder_pooler_exports_as_bert_for_sequence_classification(minilm):
     """pooling=pooler trains exactly the head BertForSequenceClassification applies: no remote code."""
     ckpt, folder = minilm
@@ -233,6 +230,7 @@ def test_encoder_pooler_exports_as_bert_for_sequence_classification(minilm):
         assert model(**segments).logits[:, 0] == pytest.approx(expected[:2].tolist(), abs=ATOL)
 
 
+@pytest.mark.e2e
 def test_mean_pooling_is_refused_without_remote_code_and_the_remote_folder_without_trust(lora_ckpt, tmp_path):
     with pytest.raises(ValueError) as refused:
         export(export_config([f"ckpt={lora_ckpt}", f"out={tmp_path / 'plain'}"]))
@@ -242,7 +240,7 @@ def test_mean_pooling_is_refused_without_remote_code_and_the_remote_folder_witho
     assert not (tmp_path / "plain").exists()
 
     out = tmp_path / "remote"
-    result = run_export([f"ckpt={lora_ckpt}", f"out={out}", "remote_code=true", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    result = run_cli("rmlab.export", [f"ckpt={lora_ckpt}", f"out={out}", "remote_code=true", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"-> {out} (remote code modeling_rmlab_reward.py, pooling=mean; max |reward - rmlab| = " in result.stdout
     modeling = (out / "modeling_rmlab_reward.py").read_text()
@@ -266,6 +264,7 @@ def test_mean_pooling_is_refused_without_remote_code_and_the_remote_folder_witho
         assert rewards == pytest.approx(expected[:2].tolist(), abs=ATOL), side
 
 
+@pytest.mark.e2e
 def test_lora_checkpoint_exports_with_the_adapters_merged(lora_ckpt, tmp_path_factory):
     assert any("lora_" in key for key in load_checkpoint(str(lora_ckpt))["state_dict"])
     out = exported_folder("minilm_lora", tmp_path_factory)
@@ -285,6 +284,7 @@ def test_lora_checkpoint_exports_with_the_adapters_merged(lora_ckpt, tmp_path_fa
     assert (without - expected[:2]).abs().max() > 100 * ATOL  # the adapters matter, and were merged
 
 
+@pytest.mark.e2e
 def test_existing_folders_are_refused(minilm_ckpt, tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("x")
@@ -319,6 +319,7 @@ def test_chat_template_checkpoints_from_before_inputs_ended_at_eos_are_refused()
         check_sequence_end({}, {"chat_template": True}, "old.ckpt")
 
 
+@pytest.mark.e2e
 def test_checkpoints_record_where_their_inputs_end(smollm2):
     ckpt, _ = smollm2
     assert load_checkpoint(str(ckpt))["rmlab_sequence_end"] == "eos"

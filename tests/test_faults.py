@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,13 +16,12 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import compose_train
+from conftest import compose_train, start_cli
 from rmlab.checkpoint import AtomicCheckpointIO
 from rmlab.errors import ConfigError
 from rmlab.model.module import NonFiniteError, RewardModel
 from rmlab.train import train
 
-TESTS = Path(__file__).resolve().parent
 STEPS = 16  # 64 smoke pairs, batch 4, one epoch; last.ckpt every 2 steps
 ORIGINS = "+callbacks.origins._target_=test_faults.NamedOrigins"
 
@@ -145,17 +143,11 @@ class NamedOrigins(L.Callback):
 
 # -- helpers ---------------------------------------------------------------------------------------
 
-def _env() -> dict:
-    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "1", "PYTHONPATH": path}
-
-
 def _start(args: list[str], run_dir: Path, name: str) -> subprocess.Popen:
-    """`python -m rmlab.train` in its own process group; output to files (a full pipe would stall it)."""
+    """`python -m rmlab.train` in its own process group, output into <name>.out next to the run dir."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(run_dir.parent / f"{name}.out", "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "rmlab.train", *args, f"hydra.run.dir={run_dir}"], cwd=run_dir.parent,
-                                env=_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return start_cli("rmlab.train", [*args, f"hydra.run.dir={run_dir}"], run_dir.parent, run_dir.parent / f"{name}.out",
+                     HF_HUB_OFFLINE="1")
 
 
 def _finish(process: subprocess.Popen) -> int:
@@ -222,6 +214,7 @@ def test_every_trainer_option_saves_through_the_plugin_except_deepspeed(tmp_path
 
 # -- killed runs resume ----------------------------------------------------------------------------
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_a_run_killed_while_saving_and_again_mid_training_resumes_to_the_end(tiny_backbone, tmp_path):
     run_dir = tmp_path / "run"
@@ -276,6 +269,7 @@ def test_an_unknown_on_nonfinite_policy_is_refused():
         RewardModel(backbone={}, pooling=None, loss=None, optimizer=None, on_nonfinite="ignore")
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_nonfinite_stop_names_the_step_and_the_pairs_origins(tiny_backbone, tmp_path):
     cfg = compose_train([*common(tiny_backbone), "test_after_fit=false", ORIGINS,
@@ -289,6 +283,7 @@ def test_nonfinite_stop_names_the_step_and_the_pairs_origins(tiny_backbone, tmp_
     assert "model.on_nonfinite=skip" in str(error.value)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_nonfinite_skip_drops_exactly_that_update_and_finishes(tiny_backbone, tmp_path, caplog):
     cfg = compose_train([*common(tiny_backbone), "model.on_nonfinite=skip", "test_after_fit=false", ORIGINS,
@@ -320,6 +315,7 @@ def test_nonfinite_skip_drops_exactly_that_update_and_finishes(tiny_backbone, tm
     assert [float(v) for v in logged] == [0.0] * 3 + [1.0] * (STEPS - 3)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_nonfinite_skip_under_ddp_skips_on_every_rank_together(tiny_backbone, tmp_path):

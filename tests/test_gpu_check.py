@@ -78,6 +78,7 @@ def test_random_init_refuses_a_tokenizer_with_ids_past_the_embedding_table(tmp_p
             load_backbone(**backbone)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_cpu_form_runs_every_step_and_records_each(tmp_path):
     """scripts/gpu_check.sh --cpu: every step ok, or skipped for a reason this machine explains."""
@@ -140,6 +141,7 @@ def test_gpu_form_step_budgets_fit_in_eight_minutes():
     assert list(cpu.steps) == list(gpu.steps) and cpu.defaults == ["gpu_check", "_self_"]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_a_failing_step_is_recorded_with_its_error_and_skips_say_why(tmp_path):
     """run_step never raises: a step whose run fails gives its error and log tail; missing needs or budget skip it."""

@@ -20,7 +20,7 @@ from rmlab.export import OLDEST_TRANSFORMERS
 from rmlab.hardware import cache_root
 from test_export import ATOL, PROMPTS, RESPONSES, exported_folder, rmlab_rewards, trained_checkpoint
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROUTES = {"decoder": "smollm2", "encoder": "minilm", "remote": "minilm_lora"}
 LONG = [{"role": "user", "content": "Please read all of this carefully before you answer. " * 40}]  # over max_length=128
 CHATS = [p + [{"role": "assistant", "content": r}] for p, r in zip(PROMPTS, RESPONSES)]  # one multi-turn

@@ -3,13 +3,14 @@ backbone stays as loaded, and the checkpoint holds adapter and head."""
 
 from functools import partial
 
+import pytest
 import torch
 
-from conftest import compose_train, make_reward_model
+from conftest import make_reward_model
 from rmlab.model.loss import BradleyTerryLoss
 from rmlab.model.module import RewardModel
 from rmlab.model.pooling import LastTokenPooling
-from rmlab.train import train
+from test_export import trained_checkpoint
 
 
 def _lora_model(backbone: dict, r: int) -> RewardModel:
@@ -36,10 +37,11 @@ def test_lora_trains_adapters_and_head_only_and_starts_from_the_plain_model(back
         assert torch.allclose(lora(input_ids, attention_mask), plain(input_ids, attention_mask), atol=1e-5)
 
 
-def test_training_with_lora_saves_adapter_and_head_and_keeps_the_backbone(tmp_path):
-    summary = train(compose_train(["experiment=smoke", "model.lora.r=4", "data.source.n_train=32", "data.source.n_val=16",
-                                   "data.source.n_test=16", "model.optimizer.lr=1e-3", "diagnostics.enabled=false"], tmp_path))
-    state = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+@pytest.mark.e2e
+def test_training_with_lora_saves_adapter_and_head_and_keeps_the_backbone(tmp_path_factory):
+    # MiniLM with model.lora.r=4, mean pooling, a few real training steps: the run test_export exports
+    checkpoint = trained_checkpoint("minilm_lora", tmp_path_factory)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     adapters = [k for k in state if "lora_B" in k]
     assert adapters and any(state[k].abs().sum() > 0 for k in adapters)  # trained away from zero
 

@@ -135,6 +135,7 @@ def test_packing_is_refused_on_an_encoder_and_chosen_by_auto_on_a_decoder():
         model._pair_step(batch)
 
 
+@pytest.mark.e2e
 def test_training_packed_follows_the_unpacked_run(tiny_llama, tmp_path):
     """Same seed, same batches (grouping by length would group by each layout's own row length): the packed run's losses and test rewards match the unpacked run's."""
     runs = {}

@@ -7,8 +7,6 @@ import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from hydra.errors import ConfigCompositionException, InstantiationException
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer, BertConfig, GPT2Config, LlamaConfig, T5Config
 
-from conftest import compose_train
+from conftest import compose_train, run_cli
 from wandb_offline import read_run
 from rmlab.config import CONFIG_DIR
 from rmlab.errors import ConfigError, DataError
@@ -34,9 +32,7 @@ TINY = ["experiment=smoke", "data.source.n_train=8", "data.source.n_val=8", "dat
 
 def _cli(module: str, args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300):
     """The real command line as a user runs it: no HYDRA_FULL_ERROR (conftest sets it for other tests)."""
-    env = {k: v for k, v in {**os.environ, "HYDRA_FULL_ERROR": None, **(env or {})}.items() if v is not None}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_cli(module, args, cwd, timeout, **{"HYDRA_FULL_ERROR": None, **(env or {})})
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +93,7 @@ def test_more_cpu_processes_than_cores_is_refused(tmp_path):
     check_devices(compose_train(["trainer.accelerator=cpu", f"trainer.devices={cores}"], tmp_path).trainer)
 
 
-@pytest.mark.skipif(torch.cuda.device_count() == 0, reason="needs a GPU")
+@pytest.mark.gpu
 def test_more_gpus_than_exist_is_refused(tmp_path):
     have = torch.cuda.device_count()
     with pytest.raises(ConfigError) as error:
@@ -168,6 +164,7 @@ def test_an_unwritable_checkpoint_dir_is_refused_before_anything_is_built(tmp_pa
                                 "with callbacks.model_checkpoint.dirpath=<dir>.")
 
 
+@pytest.mark.e2e
 def test_a_run_dir_under_a_file_fails_in_hydra_with_the_path(tmp_path):
     (tmp_path / "file").write_text("")
     result = _cli("rmlab.train", [f"hydra.run.dir={tmp_path}/file/run"], tmp_path, timeout=120)
@@ -200,6 +197,7 @@ def test_free_space_check_refuses_more_than_the_disk_has(tmp_path):
 
 # --- the command line: short messages, traceback in train.log, failed sweep jobs ---------------
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_cli_config_error_is_one_line_and_leaves_no_run_dir_or_its_traceback_in_a_kept_one(tmp_path):
     message = ("ConfigError: unknown option data.batchsize: rmlab.data.datamodule.PreferenceDataModule takes no "
@@ -251,6 +249,7 @@ def test_data_local_without_a_path_says_to_add_it(tmp_path, nothing_expensive):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_cli_data_local_without_a_path_is_one_line_and_no_run_dir(tmp_path):
     run_dir = tmp_path / "run"
@@ -361,6 +360,8 @@ def test_user_errors_leave_the_task_as_their_message_and_keep_the_chain_for_hydr
         bug(None)
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_multirun_jobs_failing_in_a_constructor_are_short_errors_and_failed_jobs(tmp_path, no_pad_tokenizer):
     sweep = tmp_path / "sweep"
     result = _cli("rmlab.train", ["-m", *TINY, f"model.backbone.name_or_path={no_pad_tokenizer}", "seed=0,1",
@@ -377,6 +378,8 @@ def test_multirun_jobs_failing_in_a_constructor_are_short_errors_and_failed_jobs
 
 # --- W&B ---------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_online_wandb_with_a_dead_server_falls_back_to_offline_and_the_run_completes(tmp_path):
     run_dir = tmp_path / "run"
     env = {"WANDB_MODE": None, "WANDB_API_KEY": "0" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}

@@ -239,6 +239,7 @@ def test_the_nonfinite_error_names_only_the_pairs_at_fault():
 
 # -- 5 and 7. a run that ends before its first validation, on a template that pre-fills the reply ----
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_a_run_ending_before_validation_validates_its_final_weights(tiny_llama, tmp_path):
     rows = [{"prompt": TURNS[:1], "chosen": [{"role": "assistant", "content": f"It is {n}."}],

@@ -2,11 +2,9 @@
 
 import gzip
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, run_cli
 
 from rmlab.data.formats import detect_format, to_pair
 from rmlab.data.response_sets import (
@@ -97,13 +95,14 @@ def test_alpacaeval_pairs_group_into_sets_with_win_probabilities():
         alpacaeval_sets([PAIRS[0], {**PAIRS[1], "chosen_model": "x", "rejected_model": "b"}])
 
 
+@pytest.mark.e2e
 def test_alpacaeval_conversion_of_the_real_test_pairs(tmp_path):
     source = SHARED_DATA / "alpacaeval_pairs_test.jsonl.gz"
     if not source.is_file():
         pytest.skip(f"real preference data not found at {SHARED_DATA}")
     out = tmp_path / "sets.jsonl.gz"
-    result = subprocess.run([sys.executable, "-m", "rmlab.data.response_sets", "alpacaeval", str(source), str(out)],
-                            capture_output=True, text=True, timeout=120, check=True)
+    result = run_cli("rmlab.data.response_sets", ["alpacaeval", str(source), str(out)], tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
     sets = [json.loads(line) for line in gzip.open(out, "rt")]
     pairs = sum(1 for _ in gzip.open(source, "rt"))
     assert sum(len(s["responses"]) - 1 for s in sets) == pairs == 1168  # every pair adds one output to a set
@@ -177,13 +176,15 @@ def test_a_set_expands_into_its_preference_pairs_ties_left_out():
     assert all(p["prompt"] == PROMPT for p in pairs)
 
 
+@pytest.mark.e2e
 def test_pairs_command_writes_every_pair_and_names_a_bad_line(tmp_path):
     sets = tmp_path / "sets.jsonl"
     sets.write_text(json.dumps({"prompt": "q", "responses": ["a", "b", "c"], "ranking": [2, 0, 1]}) + "\n"
                     + json.dumps({"prompt": "r", "chosen": ["x", "y"], "rejected": ["z"]}) + "\n", encoding="utf-8")
     out = tmp_path / "pairs.jsonl.gz"
-    command = [sys.executable, "-m", "rmlab.data.response_sets", "pairs", str(sets), str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    command = ["pairs", str(sets), str(out)]
+    result = run_cli("rmlab.data.response_sets", command, tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
     assert result.stdout == f"5 pairs from 2 response sets in {sets} -> {out} (1 tied pairs left out)\n"
     pairs = [json.loads(line) for line in gzip.open(out, "rt")]
     assert [(p["chosen"], p["rejected"], p["score_gap"], p["set_origin"]) for p in pairs] == [
@@ -194,7 +195,7 @@ def test_pairs_command_writes_every_pair_and_names_a_bad_line(tmp_path):
     assert to_pair(pairs[0], detect_format(pairs[0], columns), columns) == {"prompt": pairs[0]["prompt"], "chosen": "a", "rejected": "b"}
     with sets.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps({"prompt": "s", "responses": ["a", "a"], "scores": [1, 0]}) + "\n")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    result = run_cli("rmlab.data.response_sets", command, tmp_path, timeout=120)
     assert result.returncode == 1 and result.stderr == f"{sets} line 3: all 2 responses are the same text\n"
 
 

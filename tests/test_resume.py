@@ -30,6 +30,7 @@ class CrashAtStep(L.Callback):
             raise RuntimeError(f"crash at step {self.step}")
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_resume_auto_after_a_crash_matches_an_uninterrupted_run(tmp_path):
     whole = train(compose_train(COMMON, tmp_path / "whole"))

@@ -3,23 +3,27 @@ rewards), pairs in every training format, every input row and field kept, errors
 
 import gzip
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from conftest import run_cli
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from test_export import (
+    ATOL,
+    exported_folder,
+    reward_model,
+    rmlab_rewards,
+    trained_checkpoint,
+)
 
 from rmlab.config import CONFIG_DIR
 from rmlab.evaluate import data_config
 from rmlab.score import score
-from test_export import ATOL, exported_folder, reward_model, rmlab_rewards, trained_checkpoint
 
 LONG_PROMPT = "Please read all of this carefully before you answer. " * 40  # far over max_length=128
 ROWS = [
@@ -65,6 +69,7 @@ def minilm(tmp_path_factory) -> tuple[Path, Path]:
     return trained_checkpoint("minilm", tmp_path_factory), exported_folder("minilm", tmp_path_factory)
 
 
+@pytest.mark.e2e
 def test_export_and_checkpoint_score_every_row_alike(smollm2, tmp_path):
     ckpt, folder = smollm2
     rows = write_jsonl(tmp_path / "rows.jsonl", ROWS)
@@ -85,14 +90,13 @@ def test_export_and_checkpoint_score_every_row_alike(smollm2, tmp_path):
     assert [r["reward"] for r in outputs["ckpt"]] == pytest.approx(expected.tolist(), abs=ATOL)
 
 
+@pytest.mark.e2e
 def test_pairs_get_the_rewards_evaluation_computes(minilm, tmp_path):
     ckpt, folder = minilm
     pairs = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
     out = tmp_path / "scored.jsonl.gz"
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
-    result = subprocess.run([sys.executable, "-m", "rmlab.score", f"model_path={folder}",  # native: no remote code
-                             f"data.path={pairs}", f"out={out}", f"hydra.run.dir={tmp_path / 'run'}"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    result = run_cli("rmlab.score", [f"model_path={folder}",  # native: no remote code
+                                     f"data.path={pairs}", f"out={out}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "scoring: 100%" in result.stderr  # the progress bar
     assert ("1 rows longer than max_length=128, truncated as in training (kept): prompt cut from the left in 1 "
@@ -123,6 +127,7 @@ def test_a_pairs_file_with_a_margin_column_is_scored_and_keeps_it(minilm, tmp_pa
     assert all(r["reward_margin"] == r["reward_chosen"] - r["reward_rejected"] for r in scored)
 
 
+@pytest.mark.e2e
 def test_every_pair_format_and_file_type_gives_the_same_rewards(minilm, tmp_path):
     ckpt, _ = minilm
     hh = [{"chosen": f"\n\nHuman: {p['prompt']}\n\nAssistant: {p['chosen']}",
@@ -147,6 +152,7 @@ def test_every_pair_format_and_file_type_gives_the_same_rewards(minilm, tmp_path
         assert rewards[name] == pytest.approx(rewards["prompt_response"], abs=ATOL), name
 
 
+@pytest.mark.e2e
 def test_bf16_scoring_stays_close_to_fp32(minilm, tmp_path):
     ckpt, _ = minilm
     rows = write_jsonl(tmp_path / "rows.jsonl", ROWS)
@@ -181,6 +187,7 @@ def test_a_bad_row_stops_with_file_line_and_problem(content, error, tmp_path):
     assert not (tmp_path / "out.jsonl").exists()
 
 
+@pytest.mark.e2e
 def test_remote_code_exports_need_trust_remote_code(tmp_path_factory, tmp_path):
     ckpt, folder = trained_checkpoint("minilm_lora", tmp_path_factory), exported_folder("minilm_lora", tmp_path_factory)
     rows = write_jsonl(tmp_path / "rows.jsonl", ROWS)
@@ -192,6 +199,7 @@ def test_remote_code_exports_need_trust_remote_code(tmp_path_factory, tmp_path):
     assert [r["reward"] for r in read_jsonl(tmp_path / "out.jsonl")] == pytest.approx(expected.tolist(), abs=ATOL)
 
 
+@pytest.mark.e2e
 def test_scoring_counts_what_the_model_cannot_read_and_writes_strict_json(minilm, tmp_path):
     ckpt, _ = minilm
     call = {"type": "function", "function": {"name": "lookup", "arguments": "{\"q\": \"tower\"}"}}

