@@ -104,11 +104,11 @@ def test_every_probe_has_its_line_in_diagnostics_md():
 
 
 def test_every_surface_pattern_has_its_line_in_diagnostics_md():
-    from rmlab.diagnostics.patterns import PATTERNS
+    from rmlab.text.patterns import PATTERNS
 
     documented = first_column(section((DOCS / "diagnostics.md").read_text(), "## Surface patterns"))
     assert documented == list(PATTERNS), (
-        f"rmlab.diagnostics.patterns.PATTERNS is {list(PATTERNS)}; docs/diagnostics.md lists {documented}")
+        f"rmlab.text.patterns.PATTERNS is {list(PATTERNS)}; docs/diagnostics.md lists {documented}")
 
 
 # -- metric keys --------------------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def documented_keys() -> re.Pattern:
     placeholders expanded: <stage> val|test, <split> train|val|test, <probe>, <pattern>, <cue> the
     names the code defines, <subset>, <column>, <name> any one path segment."""
     from rmlab.data.balance import CUES
-    from rmlab.diagnostics.patterns import PATTERNS
+    from rmlab.text.patterns import PATTERNS
     from rmlab.diagnostics.probes import PROBES
 
     values = {"stage": ["val", "test"], "split": ["train", "val", "test"], "probe": list(PROBES),
@@ -159,7 +159,7 @@ def test_metric_keys_written_as_literals_in_the_code_are_documented():
 def report_scalars(stage: str) -> dict[str, float]:
     """The scalars the bias diagnostics log (rmlab.diagnostics.report.scalars) for a split where every
     probe and every pattern has something to measure, with the split's pair metrics (as the module logs them)."""
-    from rmlab.diagnostics.patterns import PATTERNS
+    from rmlab.text.patterns import PATTERNS
     from rmlab.diagnostics.probes import PROBES
     from rmlab.diagnostics.report import build_report, scalars
     from rmlab.model.module import pair_metrics
@@ -194,7 +194,7 @@ def report_scalars(stage: str) -> dict[str, float]:
 
 @pytest.mark.parametrize("stage", ["val", "test"])
 def test_metric_keys_of_the_bias_diagnostics_are_documented(stage):
-    from rmlab.diagnostics.patterns import PATTERNS
+    from rmlab.text.patterns import PATTERNS
     from rmlab.diagnostics.probes import PROBES
 
     keys = report_scalars(stage)
