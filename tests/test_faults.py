@@ -19,8 +19,8 @@ from hydra.utils import instantiate
 
 from conftest import compose_train
 from rmlab.checkpoint import AtomicCheckpointIO
-from rmlab.errors import ConfigError
-from rmlab.model.module import NonFiniteError, RewardModel
+from rmlab.errors import ConfigError, NonFiniteError
+from rmlab.model.module import RewardModel
 from rmlab.train import train
 
 TESTS = Path(__file__).resolve().parent
