@@ -18,8 +18,8 @@ from hydra.utils import instantiate
 
 from conftest import compose_train, start_cli
 from rmlab.checkpoint import AtomicCheckpointIO
-from rmlab.errors import ConfigError
-from rmlab.model.module import NonFiniteError, RewardModel
+from rmlab.errors import ConfigError, NonFiniteError
+from rmlab.model.module import RewardModel
 from rmlab.train import train
 
 STEPS = 16  # 64 smoke pairs, batch 4, one epoch; last.ckpt every 2 steps

@@ -229,13 +229,14 @@ def nothing_expensive(monkeypatch):
     """Tripwires: loading a model or tokenizer or starting W&B fails the test."""
     import wandb
 
+    from rmlab import hub
     from rmlab.model import backbone
 
     def tripped(*args, **kwargs):
         raise AssertionError("something expensive ran before the error")
 
     monkeypatch.setattr(backbone.AutoModel, "from_pretrained", tripped)
-    monkeypatch.setattr(backbone.AutoTokenizer, "from_pretrained", tripped)
+    monkeypatch.setattr(hub.AutoTokenizer, "from_pretrained", tripped)
     monkeypatch.setattr(wandb, "init", tripped)
 
 
