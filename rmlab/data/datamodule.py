@@ -84,7 +84,7 @@ class PreferenceDataModule(L.LightningDataModule):
         test_path: str | None = None,
         max_length: int = 512,
         batch_size: int = 8,
-        eval_batch_size: int | None = None,
+        eval_batch_size: int | None = 32,
         overlong: str = "truncate",
         format: str = "auto",
         columns: dict | None = None,
