@@ -135,7 +135,7 @@ def start_logger(logger_cfg: DictConfig, settings: dict) -> Logger:
         logger = instantiate(logger_cfg, **settings, offline=True, mode="offline")
     mode = os.environ.get("WANDB_MODE")
     try:
-        logger.experiment
+        logger.experiment  # noqa: B018 (the property starts the W&B run: where it fails, we fall back)
         return logger
     except Exception as error:  # e.g. an invalid WANDB_MODE
         log.warning("W&B could not start even offline (%s). Logging metrics to %s instead.", _one_line(error),
@@ -158,7 +158,7 @@ def _start_online(logger: WandbLogger) -> str | None:
         # With no API key, wandb.init prompts on a terminal and waits for an answer that may never come.
         if os.environ.get("WANDB_MODE") not in ("offline", "dryrun", "disabled") and not wandb.login(prompt=False, verify=False):
             return "no W&B API key: run `wandb login` or set WANDB_API_KEY"
-        logger.experiment  # starts the run now, so an unreachable server shows here and not mid-fit
+        logger.experiment  # noqa: B018 (starts the run now, so an unreachable server shows here and not mid-fit)
     except Exception as error:
         return _one_line(error)
     return None

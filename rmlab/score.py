@@ -2,7 +2,8 @@
 
 Rows are (prompt, response) -> `reward`, preference pairs in any training format -> `reward_chosen`,
 `reward_rejected`, `reward_margin` (their difference), or response sets (a prompt and a list of
-`responses`, scored or not) -> `rewards`, one per response, each response scored on its own. Every input row and field is written back in input order; over-long
+`responses`, scored or not) -> `rewards`, one per response, each response scored on its own. Every
+input row and field is written back in input order; over-long
 inputs are truncated as in training (prompt cut from the left) and counted. The model is an
 rmlab.export folder (plain transformers plus the tokenization settings stored in its config.json)
 or an rmlab.train checkpoint (rmlab's RewardModel); both give the same rewards.
@@ -85,7 +86,8 @@ def read_items(path: str, fmt: str, columns: dict, fields: dict) -> tuple[list[t
     if not rows:
         raise ValueError(f"{path}: no rows")
     fmt = row_format(rows[0][1], fmt, columns)
-    added = [fields["reward"]] if fmt == SINGLE else [fields["rewards"]] if fmt == SETS else [fields["reward_chosen"], fields["reward_rejected"], fields["reward_margin"]]
+    added = ([fields["reward"]] if fmt == SINGLE else [fields["rewards"]] if fmt == SETS
+             else [fields["reward_chosen"], fields["reward_rejected"], fields["reward_margin"]])
     items = []
     for location, row in rows:
         try:

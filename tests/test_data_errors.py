@@ -133,7 +133,8 @@ def test_file_level_problems_name_the_file(policy, tmp_path):
     cases.append(("pairs.txt", "pairs.txt: unknown file type; use one of ['.jsonl', '.json', '.parquet', '.csv']"))
     (tmp_path / "all_bad.jsonl").write_bytes(jsonl(GOOD, {"prompt": "x", "chosen": "y", "rejected": "y"}))
     if policy == "skip":  # one good row and one bad: the good one is in train, val and test... then all bad:
-        (tmp_path / "all_bad.jsonl").write_bytes(jsonl({"prompt": "x", "chosen": "y", "rejected": "y"}, {"prompt": "x", "chosen": "", "rejected": "y"}))
+        (tmp_path / "all_bad.jsonl").write_bytes(jsonl({"prompt": "x", "chosen": "y", "rejected": "y"},
+                                                       {"prompt": "x", "chosen": "", "rejected": "y"}))
         cases.append(("all_bad.jsonl", "all_bad.jsonl: every row was rejected (first: "))
     for name, message in cases:
         with pytest.raises(ValueError, match=re.escape(str(tmp_path / name) if name != "pairs.txt" else "pairs.txt")) as raised:

@@ -137,7 +137,8 @@ def test_packing_is_refused_on_an_encoder_and_chosen_by_auto_on_a_decoder():
 
 @pytest.mark.e2e
 def test_training_packed_follows_the_unpacked_run(tiny_llama, tmp_path):
-    """Same seed, same batches (grouping by length would group by each layout's own row length): the packed run's losses and test rewards match the unpacked run's."""
+    """Same seed, same batches (grouping by length would group by each layout's own row length): the packed
+    run's losses and test rewards match the unpacked run's."""
     runs = {}
     for packing in ("none", "shared_prompt"):
         cfg = compose_train(["experiment=smoke", f"model.backbone.name_or_path={tiny_llama}", "pooling=last",

@@ -58,7 +58,8 @@ def cue_signs(pairs: Dataset, cues: Sequence[str]) -> torch.Tensor:
 
 def balance_weights(signs: torch.Tensor, cues: Sequence[str] | None = None, tolerance: float = 1e-9,
                     max_iterations: int = 1000) -> torch.Tensor:
-    """signs [N pairs, C cues] in {-1, 0, +1} -> [N] float64 per-pair weights, mean 1, under which for every cue the pairs with sign +1 weigh exactly as
+    """signs [N pairs, C cues] in {-1, 0, +1} -> [N] float64 per-pair weights, mean 1,,
+    under which for every cue the pairs with sign +1 weigh exactly as
     much as those with sign -1 (to `tolerance`). Raises when a cue has pairs on one side only (no
     weighting can balance that) or the cues cannot be balanced jointly."""
     names = list(cues) if cues is not None else [str(j) for j in range(signs.shape[1])]
