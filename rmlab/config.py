@@ -3,8 +3,8 @@ ones), and walking a composed config without resolving it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from omegaconf import DictConfig, ListConfig
 

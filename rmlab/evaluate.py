@@ -19,8 +19,8 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from rmlab.config import CONFIG_DIR
-from rmlab.launch import short_user_errors
 from rmlab.hardware import best_precision
+from rmlab.launch import short_user_errors
 from rmlab.trained import load_checkpoint, load_reward_model
 
 log = logging.getLogger(__name__)

@@ -49,15 +49,15 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from transformers.modeling_layers import GenericForSequenceClassification
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
-from rmlab.checkpoint import umask_mode
 from rmlab import strict_json
+from rmlab.checkpoint import umask_mode
 from rmlab.config import CONFIG_DIR
 from rmlab.data.collate import PairCollator
 from rmlab.data.tokenize import plain_chat_template, special_token_frame
-from rmlab.launch import short_user_errors
-from rmlab.model.pooling import POOLINGS
-from rmlab.model.module import RewardModel
 from rmlab.errors import ConfigError
+from rmlab.launch import short_user_errors
+from rmlab.model.module import RewardModel
+from rmlab.model.pooling import POOLINGS
 from rmlab.preflight import check_export, no_native_message
 from rmlab.trained import check_sequence_end, load_checkpoint, load_reward_model, rmlab_tokenizer, tokenizing_function
 

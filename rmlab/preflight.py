@@ -13,8 +13,8 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
 
 import torch
 from hydra.utils import get_object
@@ -22,8 +22,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rmlab.config import config_nodes
 from rmlab.errors import ConfigError, DataError
-from rmlab.model.backbone import apply_lora, load_backbone
 from rmlab.hub import is_causal_decoder, load_config
+from rmlab.model.backbone import apply_lora, load_backbone
 from rmlab.model.pooling import POOLINGS, ClsPooling
 
 # Dicts without a _target_ that RewardModel unpacks into a function call: their keys bind there.

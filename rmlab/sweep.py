@@ -14,8 +14,9 @@ import logging
 import math
 import re
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 from hydra.core.utils import JobReturn

@@ -21,12 +21,19 @@ from rmlab import strict_json
 from rmlab.checkpoint import RunRecord
 from rmlab.config import CONFIG_DIR
 from rmlab.console import FILE_ONLY, end_summary, quiet_libraries
-from rmlab.throughput import KEYS as THROUGHPUT_KEYS
 from rmlab.errors import ConfigError
 from rmlab.hardware import best_precision
-from rmlab.launch import (check_launch, check_shared_run_dir, name_sweep_run, resume_checkpoint, resumed_logger_settings,
-                          short_user_errors, start_logger)
+from rmlab.launch import (
+    check_launch,
+    check_shared_run_dir,
+    name_sweep_run,
+    resume_checkpoint,
+    resumed_logger_settings,
+    short_user_errors,
+    start_logger,
+)
 from rmlab.preflight import check_config, check_disk_space, check_split_sizes
+from rmlab.throughput import KEYS as THROUGHPUT_KEYS
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import contextlib
 import gzip
 import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from hydra.utils import instantiate

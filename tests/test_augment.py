@@ -6,14 +6,13 @@ from collections import Counter
 
 import pytest
 
-from rmlab.data import augment
+from rmlab.data import augment, synthetic
 from rmlab.data.augment import DEFAULT_KINDS, KINDS, augment_pairs
 from rmlab.data.formats import prompt_key
-from rmlab.data import synthetic
 from rmlab.data.synthetic import generate_pairs
 from rmlab.diagnostics import probes
-from rmlab.text.patterns import PATTERNS
 from rmlab.diagnostics.probes import PROBES, build_probe_items
+from rmlab.text.patterns import PATTERNS
 from rmlab.text.rewrites import NUMBER, SENTENCE
 
 PROBE_BANKS = (probes.INSULT_OPENERS, probes.INSULT_CLOSERS, probes.FILLER_BEFORE, probes.FILLER_AFTER,

@@ -5,11 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import PACKAGED, make_reward_model
 from rmlab.data.collate import PairCollator
-from rmlab.model.backbone import load_backbone
 from rmlab.hub import local_source, resolve_path
+from rmlab.model.backbone import load_backbone
 from rmlab.model.pooling import LastTokenPooling
+
+from conftest import PACKAGED, make_reward_model
 
 
 def test_missing_package_error_says_how_to_install():

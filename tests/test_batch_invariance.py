@@ -4,9 +4,10 @@ for a real encoder (MiniLM) and a real decoder (SmolLM2, whose pad id == eos id)
 import pytest
 import torch
 
-from conftest import make_reward_model
 from rmlab.data.collate import PairCollator
 from rmlab.model.pooling import ClsPooling, LastTokenPooling, MeanPooling
+
+from conftest import make_reward_model
 
 TEXTS = [
     "What is 2 + 2? The answer is 4.",

@@ -106,9 +106,10 @@ def test_split_point_cuts_where_the_two_parts_pad_least():
 def test_split_forward_gives_the_one_forward_rewards_and_gradients(backbone_cfg):
     import torch
 
-    from conftest import make_reward_model
     from rmlab.data.collate import PairCollator
     from rmlab.model.pooling import LastTokenPooling, MeanPooling
+
+    from conftest import make_reward_model
 
     pairs = [{"chosen_input_ids": list(range(10, 10 + n)), "rejected_input_ids": list(range(20, 20 + m))}
              for n, m in ((5, 40), (7, 38), (6, 41), (4, 39))]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import rmlab  # noqa: F401  (before torch runs a kernel)
-
 import importlib.util
 import json
 from itertools import cycle, islice
 
 import pytest
 
+import rmlab  # noqa: F401  (before torch runs a kernel)
 from rmlab.bench.baselines import run_leg
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # loads and trains a real backbone (TRL's RewardTrainer too)

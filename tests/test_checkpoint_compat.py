@@ -4,8 +4,9 @@ import logging
 
 import torch
 
-from conftest import make_reward_model
 from rmlab.model.pooling import MeanPooling
+
+from conftest import make_reward_model
 
 
 def test_a_checkpoint_with_a_head_bias_loads_with_a_warning(backbone_cfg, caplog):

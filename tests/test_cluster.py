@@ -7,8 +7,9 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasti
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning_utilities.core.rank_zero import rank_zero_only
 
-from conftest import compose_train
 from rmlab.launch import check_shared_run_dir
+
+from conftest import compose_train
 
 TORCHRUN = {"TORCHELASTIC_RUN_ID": "rm1", "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "GROUP_RANK": "1",
             "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}

@@ -8,9 +8,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import compose_train
 from rmlab.config import CONFIG_DIR
 from rmlab.preflight import check_keys, config_nodes
+
+from conftest import compose_train
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONFIG_DIR).iterdir() if g.is_dir()}
 OPTIONS = [(group, option) for group, options in sorted(GROUPS.items()) for option in options]

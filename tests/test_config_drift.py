@@ -6,8 +6,9 @@ import inspect
 
 from omegaconf import OmegaConf
 
-from conftest import compose_train
 from rmlab.preflight import _bound_nodes
+
+from conftest import compose_train
 
 
 def drift(cfg) -> list[str]:

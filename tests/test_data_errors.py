@@ -191,8 +191,9 @@ def test_margin_column_values_are_read(tmp_path):
 
 @pytest.mark.e2e
 def test_training_with_skip_records_rejects_in_the_run_dir_and_summary(tmp_path):
-    from conftest import compose_train
     from rmlab.train import train
+
+    from conftest import compose_train
 
     rows = [{"prompt": f"What is {i} + {i}?", "chosen": str(2 * i), "rejected": str(2 * i + 1)} for i in range(40)]
     path = tmp_path / "pairs.jsonl"

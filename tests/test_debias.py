@@ -15,16 +15,16 @@ import torch
 from hydra.utils import instantiate
 from torchmetrics.functional import spearman_corrcoef
 
-from conftest import compose_train
 from rmlab.config import CONFIG_DIR
-from rmlab.data.balance import (balance_weights, chosen_longer_share, cue_signs, effective_pairs, length_gaps,
-                                length_matched_batches)
+from rmlab.data.balance import balance_weights, chosen_longer_share, cue_signs, effective_pairs, length_gaps, length_matched_batches
 from rmlab.diagnostics.callback import augment_kinds
 from rmlab.diagnostics.report import build_report, scalars
 from rmlab.errors import ConfigError
 from rmlab.evaluate import load_reward_model
 from rmlab.model.loss import BradleyTerryLoss, OdinLoss, batch_correlation
 from rmlab.train import train
+
+from conftest import compose_train
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["logger=csv", "data.rejects_file=null"]

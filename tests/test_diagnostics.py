@@ -136,7 +136,7 @@ def test_report_renders_and_flattens(synthetic):
     assert flat["val/probe/filler/acc"] == report["probes"]["filler"]["acc"]
     assert set(report["subsets"]) == {"arithmetic", "counting", "facts", "sorting", "unit_conversion"}
     assert report["subset_column"] == "task" and sum(s["n"] for s in report["subsets"].values()) == 400
-    assert f"val/subset/facts/acc" in flat and all(math.isfinite(v) for v in flat.values())
+    assert "val/subset/facts/acc" in flat and all(math.isfinite(v) for v in flat.values())
     assert len(report["worst"]) == 20 and report["worst"][0]["margin"] == min(w["margin"] for w in report["worst"])
     markdown = to_markdown(report)
     for heading in ("## Length", "## Surface patterns", "## Adversarial probes", "## Accuracy by task", "## Worst-ranked pairs"):

@@ -74,8 +74,9 @@ def same_value(text: str, value) -> bool:
 def test_the_useful_keys_of_configuration_md_exist_with_the_defaults_it_states(tmp_path):
     """Each key of the "Useful keys" table is in the composed train config; where the table gives plain
     defaults (one per key, no remark in parentheses), they are the config's."""
-    from conftest import compose_train
     from omegaconf import OmegaConf
+
+    from conftest import compose_train
 
     cfg = compose_train([], tmp_path / "run")
     rows = [line for line in section((DOCS / "configuration.md").read_text(), "## Useful keys").splitlines()
@@ -117,8 +118,8 @@ def documented_keys() -> re.Pattern:
     placeholders expanded: <stage> val|test, <split> train|val|test, <probe>, <pattern>, <cue> the
     names the code defines, <subset>, <column>, <name> any one path segment."""
     from rmlab.data.balance import CUES
-    from rmlab.text.patterns import PATTERNS
     from rmlab.diagnostics.probes import PROBES
+    from rmlab.text.patterns import PATTERNS
 
     values = {"stage": ["val", "test"], "split": ["train", "val", "test"], "probe": list(PROBES),
               "pattern": list(PATTERNS), "cue": list(CUES)}
@@ -159,10 +160,10 @@ def test_metric_keys_written_as_literals_in_the_code_are_documented():
 def report_scalars(stage: str) -> dict[str, float]:
     """The scalars the bias diagnostics log (rmlab.diagnostics.report.scalars) for a split where every
     probe and every pattern has something to measure, with the split's pair metrics (as the module logs them)."""
-    from rmlab.text.patterns import PATTERNS
     from rmlab.diagnostics.probes import PROBES
     from rmlab.diagnostics.report import build_report, scalars
     from rmlab.model.module import pair_metrics
+    from rmlab.text.patterns import PATTERNS
 
     snippets = {"markdown_list": "\n- a\n- b", "markdown_header": "\n# Title\n", "bold": " **bold**", "code": " `x`",
                 "table": "\n| a | b |\n|---|---|\n", "link": " https://example.org", "emoji": " \U0001F642",
@@ -194,8 +195,8 @@ def report_scalars(stage: str) -> dict[str, float]:
 
 @pytest.mark.parametrize("stage", ["val", "test"])
 def test_metric_keys_of_the_bias_diagnostics_are_documented(stage):
-    from rmlab.text.patterns import PATTERNS
     from rmlab.diagnostics.probes import PROBES
+    from rmlab.text.patterns import PATTERNS
 
     keys = report_scalars(stage)
     # Every probe and pattern reached the scalars (a NaN would have dropped its keys, and this test with them).

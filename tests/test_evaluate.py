@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose_entry, run_cli
-from wandb_offline import read_run
 from rmlab.diagnostics.probes import PROBES
 from rmlab.evaluate import evaluate
+
+from conftest import compose_entry, run_cli
+from wandb_offline import read_run
 
 N_TEST = 17  # conftest.CLI_SMOKE's, odd: 2 DDP ranks get 9 each, one a padded duplicate that must not count twice
 

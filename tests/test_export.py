@@ -11,17 +11,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import compose_train, run_cli
 from rmlab.config import CONFIG_DIR
 from rmlab.evaluate import load_checkpoint, load_reward_model
 from rmlab.export import PAD_TOKEN, REMOTE_MODEL_TYPE, export, rmlab_tokenizer, validation_rewards
-from rmlab.trained import tokenizing_function
 from rmlab.train import train
+from rmlab.trained import tokenizing_function
+
+from conftest import compose_train, run_cli
 
 ATOL = 1e-4  # fp32; measured up to ~1e-5 (SmolLM2, left padding) and ~5e-7 (MiniLM)
 MODELS = {  # both packaged backbones are installed in CI; a few steps of real training each
@@ -295,10 +296,11 @@ def test_existing_folders_are_refused(minilm_ckpt, tmp_path):
 def test_pooler_pooling_starts_from_the_pretrained_pooler_and_needs_one():
     """pooling=pooler takes BERT's pretrained pooler out of the backbone (so DDP sees no unused
     parameters) and trains it; a backbone without one is refused with the options that work."""
-    from conftest import PACKAGED, make_reward_model
     from rmlab.errors import ConfigError
     from rmlab.model.backbone import load_backbone
     from rmlab.model.pooling import PoolerPooling
+
+    from conftest import PACKAGED, make_reward_model
 
     pretrained = load_backbone(**PACKAGED["minilm"][1], keep_pooler=True).pooler.dense
     model = make_reward_model(PACKAGED["minilm"][1], PoolerPooling())

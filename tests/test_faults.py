@@ -16,11 +16,12 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import compose_train, start_cli
 from rmlab.checkpoint import AtomicCheckpointIO
 from rmlab.errors import ConfigError, NonFiniteError
 from rmlab.model.module import RewardModel
 from rmlab.train import train
+
+from conftest import compose_train, start_cli
 
 STEPS = 16  # 64 smoke pairs, batch 4, one epoch; last.ckpt every 2 steps
 ORIGINS = "+callbacks.origins._target_=test_faults.NamedOrigins"

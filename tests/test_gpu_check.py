@@ -14,12 +14,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_train
 from rmlab.bench.gpu_check import run_step
 from rmlab.config import CONFIG_DIR
 from rmlab.errors import ConfigError
-from rmlab.model.backbone import load_backbone
 from rmlab.hub import is_causal_decoder, load_config, load_tokenizer
+from rmlab.model.backbone import load_backbone
+
+from conftest import compose_train
 
 REPO = Path(__file__).resolve().parents[1]
 

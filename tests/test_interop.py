@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_export import ATOL, PROMPTS, RESPONSES, exported_folder, rmlab_rewards, trained_checkpoint
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 from trl.data_utils import apply_chat_template
 
 from rmlab.export import OLDEST_TRANSFORMERS
 from rmlab.hardware import cache_root
-from test_export import ATOL, PROMPTS, RESPONSES, exported_folder, rmlab_rewards, trained_checkpoint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROUTES = {"decoder": "smollm2", "encoder": "minilm", "remote": "minilm_lora"}

@@ -5,12 +5,13 @@ from functools import partial
 
 import pytest
 import torch
+from test_export import trained_checkpoint
 
-from conftest import make_reward_model
 from rmlab.model.loss import BradleyTerryLoss
 from rmlab.model.module import RewardModel
 from rmlab.model.pooling import LastTokenPooling
-from test_export import trained_checkpoint
+
+from conftest import make_reward_model
 
 
 def _lora_model(backbone: dict, r: int) -> RewardModel:

@@ -8,7 +8,6 @@ import importlib.util
 import pytest
 import torch
 
-from conftest import PACKAGED, compose_train, make_reward_model
 from rmlab.data.collate import PairCollator, SharedPromptCollator, pack_pair, packed_attention, sequence_masks
 from rmlab.data.datamodule import resolve_packing
 from rmlab.data.set_collate import PackedSetCollator, SetCollator
@@ -16,6 +15,8 @@ from rmlab.errors import ConfigError
 from rmlab.model.loss import PlackettLuceLoss
 from rmlab.model.pooling import LastTokenPooling, MeanPooling
 from rmlab.train import train
+
+from conftest import PACKAGED, compose_train, make_reward_model
 
 
 def needs(package: str) -> None:

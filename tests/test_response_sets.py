@@ -4,7 +4,6 @@ import gzip
 import json
 
 import pytest
-from conftest import SHARED_DATA, run_cli
 
 from rmlab.data.formats import detect_format, to_pair
 from rmlab.data.response_sets import (
@@ -16,6 +15,8 @@ from rmlab.data.response_sets import (
     split_turns,
     to_response_set,
 )
+
+from conftest import SHARED_DATA, run_cli
 
 PROMPT = [{"role": "user", "content": "What is 2 + 2?"}]
 

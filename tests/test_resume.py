@@ -7,10 +7,11 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import compose_train
 from rmlab.errors import ConfigError
 from rmlab.launch import resume_checkpoint, resumed_logger_settings
 from rmlab.train import train
+
+from conftest import compose_train
 
 # 32 train pairs, batch 8: 4 steps per epoch, 8 in all. last.ckpt every 3 steps: step 3 is
 # mid-epoch 0 (one batch of it left), step 6 mid-epoch 1; the crash comes at step 5.

@@ -8,7 +8,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import run_cli
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
@@ -24,6 +23,8 @@ from test_export import (
 from rmlab.config import CONFIG_DIR
 from rmlab.evaluate import data_config
 from rmlab.score import score
+
+from conftest import run_cli
 
 LONG_PROMPT = "Please read all of this carefully before you answer. " * 40  # far over max_length=128
 ROWS = [

@@ -8,6 +8,7 @@ import pytest
 
 from rmlab.data.batch import is_set_batch
 from rmlab.errors import ConfigError, DataError
+
 from test_datamodule import MINILM, datamodule, words, write_jsonl
 
 SETS = [

@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from rmlab.model.loss import (AllPairsBradleyTerryLoss, BradleyTerryLoss, DavidsonTiesLoss, PlackettLuceLoss,
-                              set_pair_counts)
+from rmlab.model.loss import AllPairsBradleyTerryLoss, BradleyTerryLoss, DavidsonTiesLoss, PlackettLuceLoss, set_pair_counts
 
 # One set of three: response 0 is best, then 2, then 1 (scores), and the rewards agree.
 REWARDS, SCORES, FULL = torch.tensor([[2.0, 0.0, 1.0]]), torch.tensor([[3.0, 1.0, 2.0]]), torch.ones(1, 3, dtype=torch.bool)

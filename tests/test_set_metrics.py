@@ -6,8 +6,7 @@ import random
 
 import pytest
 
-from rmlab.diagnostics.sets import (best_of_n, best_of_n_kl, longest_pick_rates, picked_gold, random_baseline,
-                                    set_metrics, top_credit)
+from rmlab.diagnostics.sets import best_of_n, best_of_n_kl, longest_pick_rates, picked_gold, random_baseline, set_metrics, top_credit
 
 
 def test_top_credit_follows_rewardbench2_ties():

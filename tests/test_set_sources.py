@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-from conftest import compose_train
 from datasets import Dataset
 from omegaconf import OmegaConf
 
@@ -14,6 +13,8 @@ from rmlab.data.formats import prompt_key
 from rmlab.data.set_reader import read_sets
 from rmlab.data.sources import AlpacaEvalSets, SyntheticSets
 from rmlab.errors import DataError
+
+from conftest import compose_train
 
 
 def read_with_config(data: str, rows: list[dict], tmp_path, split: str = "train", overrides: tuple = ()):

@@ -8,9 +8,10 @@ import json
 
 import pytest
 
-from conftest import compose_entry, run_cli
 from rmlab.audit import audit
 from rmlab.score import score
+
+from conftest import compose_entry, run_cli
 
 SET_RUN = ["experiment=smoke", "data=synthetic_sets", "data.source.n_train=24", "data.source.n_val=8",
            "data.source.n_test=12", "data.batch_size=4", "set_loss=plackett_luce", "trainer.accelerator=cpu"]

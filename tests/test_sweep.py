@@ -12,10 +12,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import read_write
 
+from rmlab.launch import check_launch
+from rmlab.sweep import by_setting, read_jobs, write_summary
+
 from conftest import compose_train, run_cli
 from wandb_offline import read_run, records
-from rmlab.sweep import by_setting, read_jobs, write_summary
-from rmlab.launch import check_launch
 
 TINY = ["experiment=smoke", "data.source.n_train=16", "data.source.n_val=16", "data.source.n_test=16"]
 

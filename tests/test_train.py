@@ -6,16 +6,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import compose_train, run_cli
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import read_write
-from wandb_offline import read_run
 
 import rmlab
 from rmlab.errors import ConfigError
 from rmlab.launch import check_launch
 from rmlab.train import train
+
+from conftest import compose_train, run_cli
+from wandb_offline import read_run
 
 REPO = Path(__file__).resolve().parents[1]
 

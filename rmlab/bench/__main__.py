@@ -13,8 +13,6 @@ measured here, peak memory, and held-out accuracy after the same steps.
 
 from __future__ import annotations
 
-import rmlab  # noqa: F401  (first: caps oneDNN before torch runs a kernel)
-
 import importlib.util
 import json
 import logging
@@ -28,6 +26,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+import rmlab  # noqa: F401  (first: caps oneDNN before torch runs a kernel)
 from rmlab import strict_json
 from rmlab.config import CONFIG_DIR
 from rmlab.data.formats import template_messages
@@ -133,8 +132,8 @@ def baseline_leg(cfg: DictConfig, impl: str, data: dict, precision: str, params:
 
 def shape(name: str) -> tuple[int, int, int, bool]:
     """(matmul parameters, layers, hidden size, causal) of a model, as rmlab's throughput counts them."""
-    from rmlab.model.backbone import load_backbone
     from rmlab.hub import is_causal_decoder
+    from rmlab.model.backbone import load_backbone
     from rmlab.throughput import matmul_parameters
 
     backbone = load_backbone(**{k: v for k, v in OmegaConf.to_container(model_config(name).backbone).items()

@@ -7,8 +7,6 @@ Run one leg per process: `python -m rmlab.bench.baselines '<json spec>'` prints 
 
 from __future__ import annotations
 
-import rmlab  # noqa: F401  (first: caps oneDNN before torch runs a kernel)
-
 import contextlib
 import json
 import os
@@ -21,6 +19,7 @@ from itertools import cycle, islice
 import torch
 from torch import nn
 
+import rmlab  # noqa: F401  (first: caps oneDNN before torch runs a kernel)
 from rmlab.data.collate import PairCollator
 
 EVAL_BATCH = 32

@@ -16,8 +16,6 @@ gpu_check.md (the same as a table) in the run dir, beside one folder per step wi
 
 from __future__ import annotations
 
-import rmlab  # noqa: F401  (first: caps oneDNN before torch runs a kernel)
-
 import importlib.metadata
 import importlib.util
 import json
@@ -33,6 +31,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+import rmlab  # noqa: F401  (first: caps oneDNN before torch runs a kernel)
 from rmlab.config import CONFIG_DIR
 from rmlab.hardware import matmul_peak_flops
 
@@ -119,9 +118,8 @@ def train_overrides(cfg: DictConfig, overrides: list[str], run_dir: Path) -> lis
 
 def parameters(overrides: list[str]) -> int:
     """Parameters of the backbone these rmlab.train overrides build (built on the meta device: no memory)."""
-    from rmlab.model.backbone import load_backbone
-
     from rmlab.hub import load_tokenizer
+    from rmlab.model.backbone import load_backbone
 
     backbone = OmegaConf.to_container(hydra.compose(config_name="train", overrides=overrides).model.backbone)
     load_tokenizer(**backbone)  # outside the meta device: a GGUF tokenizer's first load dequantises weights into its cache

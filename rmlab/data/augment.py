@@ -33,7 +33,7 @@ import logging
 import random
 import re
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 # The probes' rewrites without phrase banks are reused: they add no text a probe could recognise.
 from rmlab.text.rewrites import SENTENCE, TARGETS, cut_words, negation, off_topic, wrap, wrong_number

@@ -20,13 +20,13 @@ until every cue is balanced.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from datasets import Dataset
 
-from rmlab.text.patterns import PATTERNS
 from rmlab.errors import ConfigError
+from rmlab.text.patterns import PATTERNS
 
 BALANCE_METHODS = ("none", "reweight", "resample")
 CUES = ("length", *PATTERNS)

@@ -6,13 +6,14 @@ import json
 import logging
 import math
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import pyarrow.compute as pc
-from jinja2 import TemplateError
-from datasets import Dataset, concatenate_datasets
 import torch
+from datasets import Dataset, concatenate_datasets
+from jinja2 import TemplateError
 from torch.utils.data import DataLoader
 
 from rmlab.data.augment import augment_pairs
@@ -20,11 +21,11 @@ from rmlab.data.balance import BALANCE_METHODS, balance_weights, check_cues, cue
 from rmlab.data.collate import PACKING, make_collator
 from rmlab.data.formats import FORMATS
 from rmlab.data.response_sets import SET_FORMATS, is_set_row
+from rmlab.data.rows import BAD_ROW_POLICIES, DEFAULT_COLUMNS, bad_row, normalise_rows, write_rejects
+from rmlab.data.samplers import LengthSortedSampler, ResumableSampler
 from rmlab.data.set_collate import PackedSetCollator, SetCollator
 from rmlab.data.set_reader import read_sets
 from rmlab.data.set_tokens import tokenize_sets
-from rmlab.data.rows import BAD_ROW_POLICIES, DEFAULT_COLUMNS, bad_row, normalise_rows, write_rejects
-from rmlab.data.samplers import LengthSortedSampler, ResumableSampler
 from rmlab.data.sources import SPLITS, LocalFiles, split_of
 from rmlab.data.tokenize import check_chat_template, special_token_frame, tokenize_pair, use_chat_template
 from rmlab.errors import ConfigError, DataError

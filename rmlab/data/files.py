@@ -16,9 +16,10 @@ import gzip
 import io
 import json
 import lzma
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from rmlab.errors import DataError
 

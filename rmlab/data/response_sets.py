@@ -35,7 +35,8 @@ import math
 import re
 import sys
 from collections import Counter
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from rmlab.data.files import read_file_rows
 from rmlab.data.formats import FLOAT32_MAX, ROLES, PairFormatError, _as_messages, _same_turn

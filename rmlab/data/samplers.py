@@ -8,7 +8,7 @@ and resumed mid-epoch. LengthSortedSampler (evaluation): longest pairs first.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.utils.data import DistributedSampler, Sampler

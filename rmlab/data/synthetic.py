@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 TASKS: tuple[str, ...] = ("arithmetic", "unit_conversion", "sorting", "counting", "facts")
 

@@ -13,7 +13,7 @@ Every function takes per-set sequences (`proxy[s]`, `gold[s]`, `lengths[s]`: the
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

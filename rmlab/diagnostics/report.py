@@ -3,8 +3,9 @@ PNG plots, flattened to scalars for Lightning loggers, and logged as W&B tables,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

@@ -5,8 +5,9 @@ length bias of the top pick, and the best-of-N audit (rmlab.diagnostics.bon)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rmlab import strict_json
 from rmlab.diagnostics import bon

@@ -8,7 +8,7 @@ differ in size. Used for best-of-K evaluation (RewardBench 2 style) and the best
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats

@@ -10,7 +10,7 @@ a lone "**" is not bold), so a score's dependence on the cue can be measured apa
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 _APOSTROPHE = "['’]"
 # Verbs that turn "I can't" / "I won't" into a refusal rather than e.g. "I can't stress enough".

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Callable
+from collections.abc import Callable
 
 # (text, rng, pair, pool) -> rewritten text, or None when the rewrite does not apply.
 Rewrite = Callable[[str, random.Random, dict, list], str | None]
