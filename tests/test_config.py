@@ -31,7 +31,9 @@ def test_option_composes_and_binds(group, option, tmp_path):
         pytest.importorskip(PLUGIN_GROUPS[group])
     prefix = "+" if group in PLUGIN_GROUPS else ""
     cfg = compose_train([f"{prefix}{group}={option}", *REQUIRED.get((group, option), [])], tmp_path)
-    assert OmegaConf.select(cfg, group if group not in ("pooling", "experiment", "hparams_search", "debias") else "model.pooling") is not None
+    packaged_at = {"pooling": "model.pooling", "experiment": "model.pooling", "hparams_search": "model.pooling",
+                   "debias": "model.pooling", "set_loss": "model.set_loss"}  # groups whose files are packaged elsewhere
+    assert OmegaConf.select(cfg, packaged_at.get(group, group)) is not None
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     targets = {path for path, node in config_nodes(resolved) if "_target_" in node}
     assert {"model", "model.pooling", "model.loss", "data", "trainer"} <= targets
@@ -46,6 +48,8 @@ def test_option_composes_and_binds(group, option, tmp_path):
     assert pooling(hidden, mask).shape == (2, 4)
     loss = instantiate(cfg.model.loss)
     assert loss(torch.tensor([1.0]), torch.tensor([0.0])).item() > 0
+    set_loss = instantiate(cfg.model.set_loss)  # rewards, scores, mask [B, K]
+    assert set_loss(torch.tensor([[1.0, 0.0, 0.5]]), torch.tensor([[2.0, 0.0, 1.0]]), torch.ones(1, 3, dtype=torch.bool)).item() > 0
     weight = torch.nn.Parameter(torch.zeros(2))
     optimizer = instantiate(cfg.model.optimizer)([weight])
     instantiate(cfg.model.scheduler)(optimizer=optimizer, num_warmup_steps=1, num_training_steps=10)
