@@ -84,15 +84,21 @@ class SharedPromptCollator:
     def __call__(self, features: list[dict[str, Any]]) -> Batch:
         """The packed layout of rmlab.data.batch: [B, L], one row per pair."""
         rows = [pack_pair(f["chosen_input_ids"], f["rejected_input_ids"]) for f in features]
-        length = max(len(ids) for ids, _, _ in rows)
-        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
-        segments = torch.full((len(rows), length), PAD, dtype=torch.long)
-        position_ids = torch.zeros((len(rows), length), dtype=torch.long)
-        for row, (ids, seg, pos) in enumerate(rows):
-            input_ids[row, :len(ids)] = torch.tensor(ids)
-            segments[row, :len(ids)] = torch.tensor(seg)
-            position_ids[row, :len(ids)] = torch.tensor(pos)
-        return _pair_extras(features, {"input_ids": input_ids, "segments": segments, "position_ids": position_ids})
+        return _pair_extras(features, packed_batch(rows, self.pad_token_id))
+
+
+def packed_batch(rows: list[tuple[list[int], list[int], list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """input_ids, segments, position_ids [B, L] of packed rows ((ids, segments, positions) each, as
+    pack_pair or rmlab.data.set_collate.pack_set give them), right-padded to the longest (PAD segments)."""
+    length = max(len(ids) for ids, _, _ in rows)
+    input_ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
+    segments = torch.full((len(rows), length), PAD, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), length), dtype=torch.long)
+    for row, (ids, seg, pos) in enumerate(rows):
+        input_ids[row, :len(ids)] = torch.tensor(ids)
+        segments[row, :len(ids)] = torch.tensor(seg)
+        position_ids[row, :len(ids)] = torch.tensor(pos)
+    return {"input_ids": input_ids, "segments": segments, "position_ids": position_ids}
 
 
 def make_collator(packing: str, pad_token_id: int, padding_side: str):

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from rmlab.data.batch import PAD, PROMPT
-from rmlab.data.collate import PairCollator
+from rmlab.data.batch import PROMPT
+from rmlab.data.collate import PairCollator, packed_batch
 
 
 def pack_set(sequences: list[list[int]]) -> tuple[list[int], list[int], list[int]]:
@@ -87,16 +87,7 @@ class PackedSetCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        rows = [pack_set(f["input_ids"]) for f in features]
-        length = max(len(ids) for ids, _, _ in rows)
-        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
-        segments = torch.full((len(rows), length), PAD, dtype=torch.long)
-        position_ids = torch.zeros((len(rows), length), dtype=torch.long)
-        for row, (ids, seg, pos) in enumerate(rows):
-            input_ids[row, :len(ids)] = torch.tensor(ids)
-            segments[row, :len(ids)] = torch.tensor(seg)
-            position_ids[row, :len(ids)] = torch.tensor(pos)
-        return _set_extras(features, {"input_ids": input_ids, "segments": segments, "position_ids": position_ids})
+        return _set_extras(features, packed_batch([pack_set(f["input_ids"]) for f in features], self.pad_token_id))
 
 
 def response_masks(segments: torch.Tensor, k_max: int) -> torch.Tensor:
