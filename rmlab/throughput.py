@@ -26,8 +26,8 @@ from rmlab.data.batch import Batch, group_count, is_packed, is_set_batch, real_t
 from rmlab.data.collate import packed_attention
 
 log = logging.getLogger(__name__)
-KEYS = ("train/pairs_per_s", "train/sets_per_s", "train/responses_per_s", "train/tokens_per_s", "train/padding_fraction",
-        "train/flops_per_s", "train/mfu")
+SET_KEYS = ("train/sets_per_s", "train/responses_per_s")  # logged instead of train/pairs_per_s for response sets
+KEYS = ("train/pairs_per_s", *SET_KEYS, "train/tokens_per_s", "train/padding_fraction", "train/flops_per_s", "train/mfu")
 
 
 def matmul_parameters(model: nn.Module) -> int:

@@ -432,9 +432,10 @@ def test_export_and_score_trust_no_remote_code_by_default():
 
 
 def test_checkpoints_load_without_running_pickled_code(tmp_path):
-    from rmlab import evaluate, export, score
+    from rmlab import evaluate, export, score, trained
 
-    assert export.load_checkpoint is evaluate.load_checkpoint and score.load_checkpoint is evaluate.load_checkpoint
+    # one loader for every command: evaluate and export call it, score (and audit) through the Scorer
+    assert export.load_checkpoint is evaluate.load_checkpoint is trained.load_checkpoint and score.Scorer is trained.Scorer
     torch.save({"rmlab_config": {"x": 1}, "payload": OmegaConf}, tmp_path / "evil.ckpt")  # a class: needs pickle
     with pytest.raises(Exception, match="Weights only load failed"):
         evaluate.load_checkpoint(str(tmp_path / "evil.ckpt"))
