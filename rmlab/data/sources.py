@@ -54,16 +54,23 @@ class LocalFiles:
     def __init__(self, path: str | None, val_path: str | None = None, test_path: str | None = None):
         self.paths = {"train": path, "val": val_path, "test": test_path}
 
+    key_prefix = "data."  # how the config names the paths, for the missing-file error
+
+    def _file(self, split: str, path: str) -> Path:
+        """The split's file, resolved. Raises FileNotFoundError naming the config key, ValueError for an unknown type."""
+        file = Path(path).expanduser().resolve()
+        if not file.is_file():
+            raise FileNotFoundError(f"{self.key_prefix}{'path' if split == 'train' else split + '_path'}={path!r}: no such file ({file})")
+        file_kind(file)  # an unknown type fails here, before `datasets` wraps the error
+        return file
+
     def __call__(self) -> dict[str, Dataset | None]:
         out: dict[str, Dataset | None] = {}
         for split, path in self.paths.items():
             if path is None:
                 out[split] = None
                 continue
-            file = Path(path).expanduser().resolve()
-            if not file.is_file():
-                raise FileNotFoundError(f"data.{'path' if split == 'train' else split + '_path'}={path!r}: no such file ({file})")
-            file_kind(file)  # an unknown type fails here, before `datasets` wraps the error
+            file = self._file(split, path)
             stat = file.stat()
             try:
                 out[split] = Dataset.from_generator(
@@ -199,16 +206,15 @@ class AlpacaEvalSets(LocalFiles):
         super().__init__(path, val_path, test_path)
         self.judge = judge
 
+    key_prefix = "data.source."
+
     def __call__(self) -> dict[str, Dataset | None]:
         out: dict[str, Dataset | None] = {}
         for split, path in self.paths.items():
             if path is None:
                 out[split] = None
                 continue
-            file = Path(path).expanduser().resolve()
-            if not file.is_file():
-                raise FileNotFoundError(f"data.source.{'path' if split == 'train' else split + '_path'}={path!r}: no such file ({file})")
-            file_kind(file)
+            self._file(split, path)
             rows = list(_alpacaeval_rows(str(path), self.judge))
             if not rows:
                 raise DataError(f"{path}: no AlpacaEval pairs" + (f" of judge {self.judge!r}" if self.judge else ""))
