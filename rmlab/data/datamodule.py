@@ -74,6 +74,10 @@ class PreferenceDataModule(L.LightningDataModule):
     split of that file, a split carved out of train counting them under train), `same_ids` those of
     them whose two responses tokenize to the same ids; each is also in `self.rejects`.
     `unknown_responses` counts responses holding the tokenizer's unknown token.
+
+    Response sets (a prompt and K >= 2 scored responses; data.format sets_* or detected) are read by
+    rmlab.data.set_reader.read_sets and tokenized by rmlab.data.set_tokens.tokenize_sets: `self.sets`
+    is then True and the stats count {sets, responses, k_min, k_max, all_tied, ...} instead of pairs.
     """
 
     def __init__(
