@@ -59,20 +59,30 @@ class PairCollator:
         return _pair_extras(features, batch)
 
 
-def shared_prefix(chosen: list[int], rejected: list[int]) -> int:
-    """Tokens the two sequences share at their start (the prompt, and any common start of the replies),
-    leaving each side at least one token of its own (its reward is read there)."""
-    limit = min(len(chosen), len(rejected)) - 1
-    return min(len(os.path.commonprefix([chosen, rejected])), max(limit, 0))
+def pack_set(sequences: list[list[int]]) -> tuple[list[int], list[int], list[int]]:
+    """One row for a set of K >= 2 token sequences that share a prompt.
+
+    Returns (token ids, segments, position ids), each of length p + sum(len(s) - p): the part all
+    sequences share at their start (p tokens, capped so every response keeps one token of its own,
+    where its reward is read), then each sequence's rest. Segments: 0 for the shared part, k + 1 for
+    the rest of sequence k. Positions continue the shared part in every response, as if unpacked.
+    Raises ValueError for fewer than 2 sequences or an empty one.
+    """
+    if len(sequences) < 2 or not all(sequences):
+        raise ValueError(f"a set needs at least 2 non-empty sequences, got lengths {[len(s) for s in sequences]}")
+    shared = min(len(os.path.commonprefix(sequences)), min(len(s) for s in sequences) - 1)
+    ids, segments, positions = list(sequences[0][:shared]), [PROMPT] * shared, list(range(shared))
+    for k, sequence in enumerate(sequences):
+        ids += sequence[shared:]
+        segments += [k + 1] * (len(sequence) - shared)
+        positions += range(shared, len(sequence))
+    return ids, segments, positions
 
 
 def pack_pair(chosen: list[int], rejected: list[int]) -> tuple[list[int], list[int], list[int]]:
-    """One row for a pair: (token ids, segments, position ids) of [shared | chosen rest | rejected rest]."""
-    p = shared_prefix(chosen, rejected)
-    ids = chosen + rejected[p:]
-    segments = [PROMPT] * p + [CHOSEN] * (len(chosen) - p) + [REJECTED] * (len(rejected) - p)
-    positions = list(range(len(chosen))) + list(range(p, len(rejected)))
-    return ids, segments, positions
+    """One row for a pair: (token ids, segments, position ids) of [shared | chosen rest | rejected rest],
+    the set of two (pack_set): segments PROMPT, CHOSEN, REJECTED."""
+    return pack_set([chosen, rejected])
 
 
 class SharedPromptCollator:

@@ -14,33 +14,12 @@ For K = 2 both equal the pair collators' rows (tests/test_set_collate.py).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 
 from rmlab.data.batch import PROMPT
-from rmlab.data.collate import PairCollator, packed_batch
-
-
-def pack_set(sequences: list[list[int]]) -> tuple[list[int], list[int], list[int]]:
-    """One row for a set of K >= 2 token sequences that share a prompt.
-
-    Returns (token ids, segments, position ids), each of length p + sum(len(s) - p): the part all
-    sequences share at their start (p tokens, capped so every response keeps one token of its own,
-    where its reward is read), then each sequence's rest. Segments: 0 for the shared part, k + 1 for
-    the rest of sequence k. Positions continue the shared part in every response, as if unpacked.
-    Raises ValueError for fewer than 2 sequences or an empty one.
-    """
-    if len(sequences) < 2 or not all(sequences):
-        raise ValueError(f"a set needs at least 2 non-empty sequences, got lengths {[len(s) for s in sequences]}")
-    shared = min(len(os.path.commonprefix(sequences)), min(len(s) for s in sequences) - 1)
-    ids, segments, positions = list(sequences[0][:shared]), [PROMPT] * shared, list(range(shared))
-    for k, sequence in enumerate(sequences):
-        ids += sequence[shared:]
-        segments += [k + 1] * (len(sequence) - shared)
-        positions += range(shared, len(sequence))
-    return ids, segments, positions
+from rmlab.data.collate import PairCollator, pack_set, packed_batch
 
 
 def _set_extras(features: list[dict[str, Any]], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
