@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from rmlab.data.collate import SharedPromptCollator, pack_pair, packed_attention, sequence_masks
-from rmlab.data.set_collate import PackedSetCollator, SetCollator, pack_set, response_masks, to_sets
+from rmlab.data.collate import SharedPromptCollator, pack_pair, packed_attention, response_masks, sequence_masks
+from rmlab.data.set_collate import PackedSetCollator, SetCollator, pack_set, to_sets
 
 
 def test_pack_set_of_three_shares_the_prompt_and_restarts_positions():

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from rmlab.data.batch import CHOSEN, PAD, PROMPT, REJECTED, Batch
+from rmlab.data.batch import PAD, PROMPT, Batch
 
 PACKING = ("none", "shared_prompt")
 
@@ -134,5 +134,12 @@ def packed_attention(segments: torch.Tensor) -> torch.Tensor:
 def sequence_masks(segments: torch.Tensor) -> torch.Tensor:
     """[2B, L]: which positions of each packed row make up the chosen sequence (rows [0, B)) and
     the rejected one (rows [B, 2B)); the mask a pooling reads in place of an attention mask."""
+    return response_masks(segments, 2).transpose(0, 1).flatten(0, 1)
+
+
+def response_masks(segments: torch.Tensor, k_max: int) -> torch.Tensor:
+    """[B, Kmax, L] long: the positions of packed row b that make up response k's whole sequence
+    (shared prompt + its own tokens); what a pooling reads in place of an attention mask. A response
+    the set does not have gets the prompt only (its reward is masked out by response_mask)."""
     shared = segments == PROMPT
-    return torch.cat([shared | (segments == CHOSEN), shared | (segments == REJECTED)]).long()
+    return torch.stack([shared | (segments == k + 1) for k in range(k_max)], dim=1).long()

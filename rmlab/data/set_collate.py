@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from rmlab.data.batch import PROMPT
 from rmlab.data.collate import PairCollator, pack_set, packed_batch
 
 
@@ -67,14 +66,6 @@ class PackedSetCollator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         return _set_extras(features, packed_batch([pack_set(f["input_ids"]) for f in features], self.pad_token_id))
-
-
-def response_masks(segments: torch.Tensor, k_max: int) -> torch.Tensor:
-    """[B, Kmax, L] long: the positions of packed row b that make up response k's whole sequence
-    (shared prompt + its own tokens); what a pooling reads in place of an attention mask. A response
-    the set does not have gets the prompt only (its reward is masked out by response_mask)."""
-    shared = segments == PROMPT
-    return torch.stack([shared | (segments == k + 1) for k in range(k_max)], dim=1).long()
 
 
 def to_sets(rewards: torch.Tensor, set_rows: torch.Tensor) -> torch.Tensor:

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from rmlab.data.batch import Batch, group_count, is_set_batch
-from rmlab.data.collate import packed_attention, sequence_masks
-from rmlab.data.set_collate import response_masks, to_sets
+from rmlab.data.collate import packed_attention, response_masks, sequence_masks
+from rmlab.data.set_collate import to_sets
 from rmlab.errors import ConfigError, NonFiniteError
 from rmlab.hub import is_causal_decoder
 from rmlab.model import optim
