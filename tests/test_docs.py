@@ -237,21 +237,16 @@ def logged_keys(run_dir: Path) -> set[str]:
     return keys
 
 
-@pytest.fixture
-def run_dir() -> Path:
-    """A finished `python -m rmlab.train` run dir, e.g. of experiment=quickstart or smoke (RMLAB_DOCS_RUN_DIR).
-    To be wired to the suite's shared CLI smoke-run fixture, so that no training runs for this test alone."""
-    path = os.environ.get("RMLAB_DOCS_RUN_DIR")
-    if not path:
-        pytest.skip("no run dir: set RMLAB_DOCS_RUN_DIR to a finished rmlab.train run dir (to be the shared smoke-run fixture)")
-    return Path(path)
-
-
 @pytest.mark.e2e
-def test_every_key_a_training_run_logged_is_documented(run_dir):
-    keys = logged_keys(run_dir)
-    assert {"train/loss", "val/acc", "test/acc", "best_checkpoint"} <= keys, f"{run_dir} is not a finished training run"
-    assert undocumented(keys) == [], "add these keys to docs/metrics.md"
+def test_every_key_a_training_run_logged_is_documented(cli_smoke_run):
+    """Every key of the shared CLI smoke run (conftest.cli_smoke_run: summary.json, W&B offline history,
+    metrics the run logged) has its line in docs/metrics.md. RMLAB_DOCS_RUN_DIR checks another finished run
+    dir as well, e.g. one of experiment=quickstart."""
+    run_dirs = [cli_smoke_run[0]] + ([Path(os.environ["RMLAB_DOCS_RUN_DIR"])] if os.environ.get("RMLAB_DOCS_RUN_DIR") else [])
+    for run_dir in run_dirs:
+        keys = logged_keys(run_dir)
+        assert {"train/loss", "val/acc", "test/acc", "best_checkpoint"} <= keys, f"{run_dir} is not a finished training run"
+        assert undocumented(keys) == [], f"add these keys of {run_dir} to docs/metrics.md"
 
 
 def test_every_module_is_on_the_module_map():
