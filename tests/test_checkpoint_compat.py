@@ -1,12 +1,61 @@
-"""Checkpoints written before the reward head lost its bias still load (the bias is a constant shift)."""
+"""Old checkpoints keep working: one written by rmlab before 0.2 (tests/fixtures/pre_0_2, by a76cb03) loads,
+scores, evaluates and exports with the rewards it gave then; checkpoints from before the reward head lost its bias
+load (the bias is a constant shift); compatibility is keyed to the version a checkpoint records."""
 
+import json
 import logging
+import shutil
+from pathlib import Path
 
+import pytest
 import torch
 
 from rmlab.model.pooling import MeanPooling
 
-from conftest import make_reward_model
+from conftest import compose_entry, make_reward_model
+
+PRE_0_2 = Path(__file__).parent / "fixtures" / "pre_0_2"
+
+
+@pytest.fixture
+def pre_0_2(tmp_path, monkeypatch) -> dict:
+    """The a76cb03 checkpoint in a scratch copy of its folder, the working directory (its backbone path is relative)."""
+    folder = tmp_path / "pre_0_2"
+    shutil.copytree(PRE_0_2, folder)
+    monkeypatch.chdir(folder)
+    return {"ckpt": str(folder / "a76cb03.ckpt"), "pairs": str(folder / "pairs.jsonl"),
+            **json.loads((folder / "rewards_a76cb03.json").read_text())}
+
+
+def _scored(path: Path) -> list[list[float]]:
+    return [[row["reward_chosen"], row["reward_rejected"]] for row in map(json.loads, path.read_text().splitlines())]
+
+
+def test_a_pre_0_2_checkpoint_scores_and_exports_with_its_old_rewards(pre_0_2, tmp_path):
+    from rmlab.export import export
+    from rmlab.score import score
+
+    checkpoint = torch.load(pre_0_2["ckpt"], weights_only=False)
+    assert "rmlab_version" not in checkpoint and "label_margin" not in json.dumps(checkpoint["rmlab_config"])
+    score(compose_entry("score", [f"model_path={pre_0_2['ckpt']}", f"data.path={pre_0_2['pairs']}",
+                                  f"out={tmp_path / 'ckpt.jsonl'}"], tmp_path / "score_ckpt"))
+    assert _scored(tmp_path / "ckpt.jsonl") == pre_0_2["checkpoint"]  # bit for bit: the same computation
+    export(compose_entry("export", [f"ckpt={pre_0_2['ckpt']}", f"out={tmp_path / 'export'}", "remote_code=true"],
+                         tmp_path / "export_run"))
+    score(compose_entry("score", [f"model_path={tmp_path / 'export'}", "trust_remote_code=true",
+                                  f"data.path={pre_0_2['pairs']}", f"out={tmp_path / 'export.jsonl'}"], tmp_path / "score_export"))
+    torch.testing.assert_close(torch.tensor(_scored(tmp_path / "export.jsonl")), torch.tensor(pre_0_2["export"]),
+                               atol=1e-6, rtol=0)
+
+
+@pytest.mark.e2e
+def test_a_pre_0_2_checkpoint_evaluates_on_a_pairs_file(pre_0_2, tmp_path):
+    from rmlab.evaluate import evaluate
+
+    report = evaluate(compose_entry("evaluate", [f"ckpt={pre_0_2['ckpt']}", "data=local", f"data.path={pre_0_2['pairs']}",
+                                                 "logger=csv"], tmp_path / "evaluate"))
+    right = [chosen > rejected for chosen, rejected in pre_0_2["checkpoint"]]
+    assert report["n"] == 5 and report["overall"]["acc"] == pytest.approx(sum(right) / 5)
 
 
 def test_a_checkpoint_with_a_head_bias_loads_with_a_warning(backbone_cfg, caplog):
