@@ -16,7 +16,10 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # parallel workers share the cores: one torch thread set each
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+import torch  # noqa: E402  (after the thread count is set)
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -165,6 +168,35 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if item.get_closest_marker("gpu"):
                 item.add_marker(skip)
+    _group_for_workers(items)
+
+
+# -- parallel workers (pytest-xdist: `-n 2 --dist loadgroup`, as the README's test command runs) ---------------
+
+# Session runs read by tests of several modules, whose modules share a worker so the run happens once. Not the
+# CLI smoke run: it is short and read by six modules, which would make one group hold half the suite; each
+# worker runs it at most once.
+SHARED_RUNS = ("small_sweep",)
+
+
+def _group_for_workers(items) -> None:
+    """One xdist group per test module (its module fixtures are built once), modules that read the same shared
+    run (SHARED_RUNS) in one group (the run happens once). Groups go whole to a worker; without -n nothing changes."""
+    group = {}  # module path -> the module path that names its group
+    first_reader = {}  # shared run -> the first module reading it
+
+    def root(module):
+        while group[module] != module:
+            module = group[module]
+        return module
+
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        group.setdefault(module, module)
+        for run in set(SHARED_RUNS) & set(getattr(item, "fixturenames", ())):
+            group[root(module)] = root(first_reader.setdefault(run, module))
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(root(item.nodeid.split("::")[0])))
 
 
 _running: list = []  # the test item being run (set up, called, torn down), if any
