@@ -117,6 +117,7 @@ def test_pairs_get_the_rewards_evaluation_computes(minilm, tmp_path):
     assert [r[k] for r in scored for k in ("reward_chosen", "reward_rejected")] == pytest.approx(rewards.flatten().tolist(), abs=ATOL)
 
 
+@pytest.mark.e2e
 def test_a_pairs_file_with_a_margin_column_is_scored_and_keeps_it(minilm, tmp_path):
     """The data's label margin (`margin`) and the reward difference (`reward_margin`) are two fields."""
     ckpt, folder = minilm
