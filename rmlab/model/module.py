@@ -313,19 +313,26 @@ class RewardModel(L.LightningModule):
         """(loss [], reward_chosen [B], reward_rejected [B]) from a batch's [2B, heads] outputs."""
         chosen, rejected = outputs.chunk(2)  # [B, heads] each
         extras = {"weight": batch.get("weight"), "response_tokens": batch.get("response_tokens")}
-        if self.ensemble is not None:  # the mean over heads of each head's loss, on its bootstrap weights while training
-            boot = self.ensemble.weights(batch.get("index")) if self.training else None
-            losses = []
-            for h in range(self.ensemble.heads):
-                weight = extras["weight"] if boot is None else boot[:, h] if extras["weight"] is None else extras["weight"] * boot[:, h]
-                losses.append(self.loss_fn(chosen[:, h], rejected[:, h], batch.get("label_margin"), weight=weight,
-                                           response_tokens=extras["response_tokens"]))
-            return torch.stack(losses).mean(), self.ensemble.reward(chosen), self.ensemble.reward(rejected)
+        if self.ensemble is not None:
+            return self._heads_pair_loss(batch, chosen, rejected, extras)
         if outputs.shape[1] > 1:  # a multi-head loss (OdinLoss) reads every head, and the heads' weights
             loss = self.loss_fn(chosen, rejected, batch.get("label_margin"), head_weight=self.head.weight, **extras)
         else:
             loss = self.loss_fn(chosen[:, 0], rejected[:, 0], batch.get("label_margin"), **extras)
         return loss, chosen[:, 0], rejected[:, 0]
+
+    def _heads_pair_loss(self, batch: Batch, chosen: torch.Tensor, rejected: torch.Tensor,
+                         extras: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ensemble=heads: (the mean over heads of each head's loss, reward_chosen [B], reward_rejected [B])
+        from [B, heads] outputs; while training, head h's pairs weigh its bootstrap draws (times the data's weights)."""
+        boot = self.ensemble.weights(batch.get("index")) if self.training else None
+        losses = []
+        for h in range(self.ensemble.heads):
+            weight = extras["weight"]
+            if boot is not None:
+                weight = boot[:, h] if weight is None else weight * boot[:, h]
+            losses.append(self.loss_fn(chosen[:, h], rejected[:, h], batch.get("label_margin"), **{**extras, "weight": weight}))
+        return torch.stack(losses).mean(), self.ensemble.reward(chosen), self.ensemble.reward(rejected)
 
     def _pair_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss [], reward_chosen [B], reward_rejected [B]) of a batch."""
