@@ -1,7 +1,9 @@
 """Will RL exploit this reward model? `python -m rmlab.audit ckpt=<ckpt | export> data.path=<response sets>`.
 
 Scores every response of every set (a prompt and K responses with gold scores) with the reward model,
-or with each model of an ensemble (`ckpt=[a,b,c]`, combined by each of `ensemble.aggregations`), and
+or with each member of an ensemble, combined by each of `ensemble.aggregations`: separately trained
+models (`ckpt=[a,b,c]`: member_1, member_2, ...) or the k heads of one checkpoint trained with
+`ensemble=heads` (head_0, ..., head_{k-1}), and
 writes into the run dir:
 - the best-of-N audit (rmlab.diagnostics.bon): for N = 1, 2, 4, ... the expected gold score of the
   response the proxy ranks first among N drawn from a set, exact over all subsets, beside the gold,
@@ -66,22 +68,34 @@ def load_sets(data: DictConfig) -> tuple[list[dict], dict]:
     return sets, read.stats
 
 
-def score_sets(model_path: str, sets: list[dict], cfg: DictConfig) -> list[list[float]]:
-    """The reward of every response of every set ([set][response]) by one model (checkpoint or export)."""
+def score_sets(model_path: str, sets: list[dict], cfg: DictConfig, all_heads: bool = False) -> list[list]:
+    """The reward of every response of every set ([set][response]) by one model (checkpoint or export).
+    all_heads: one such list per reward head ([head][set][response]; one for a single-head model)."""
     device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     scorer = Scorer(model_path, cfg.trust_remote_code, device)
     encode = tokenizing_function(scorer.tokenizer, scorer.settings)
     sequences = [encode(s["prompt"], response)["chosen_input_ids"] for s in sets for response in s["responses"]]
-    flat = iter(score_sequences(scorer, sequences, cfg.batch_size, cfg.sort_window, cfg.precision))
-    return [[next(flat) for _ in s["responses"]] for s in sets]
+    scored = score_sequences(scorer, sequences, cfg.batch_size, cfg.sort_window, cfg.precision, all_heads)
+    if all_heads:
+        return [regroup([rewards[h] for rewards in scored], sets) for h in range(scorer.heads)]
+    return regroup(scored, sets)
 
 
-def ensemble_proxies(members: list[list[list[float]]], aggregations: list[str], coef: float) -> dict[str, list]:
-    """{member_i: rewards} and, for two or more members, one aggregated proxy per aggregation
-    (rmlab.model.ensemble.aggregate), each [set][response]."""
+def regroup(flat: list[float], sets: list[dict]) -> list[list[float]]:
+    """Rewards in the order of every set's responses -> [set][response]."""
+    values = iter(flat)
+    return [[next(values) for _ in s["responses"]] for s in sets]
+
+
+def ensemble_proxies(members: list[list[list[float]]], aggregations: list[str], coef: float,
+                     member_name: str = "member_{}") -> dict[str, list]:
+    """{member name: rewards} and, for two or more members, one aggregated proxy per aggregation
+    (rmlab.model.ensemble.aggregate), each [set][response]. member_name: formatted with the member's
+    number, 1-based for checkpoints (member_1, ...), 0-based for heads (`head_{}`: head_0, ...)."""
     if len(members) == 1:
         return {"proxy": members[0]}
-    proxies = {f"member_{i + 1}": rewards for i, rewards in enumerate(members)}
+    first = 0 if member_name.startswith("head") else 1
+    proxies = {member_name.format(i + first): rewards for i, rewards in enumerate(members)}
     for how in aggregations:
         proxies[how] = [aggregate(torch.tensor([m[s] for m in members]), how, coef).tolist() for s in range(len(members[0]))]
     return proxies
@@ -109,10 +123,13 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     sets, read_stats = load_sets(cfg.data)
     where = cfg.data.get("path") or f"{cfg.data.source._target_.rsplit('.', 1)[-1]}[{cfg.data.get('split', 'test')}]"
     checkpoints = [cfg.ckpt] if isinstance(cfg.ckpt, str) else list(cfg.ckpt)
-    members = [score_sets(path, sets, cfg) for path in checkpoints]
+    if len(checkpoints) == 1:  # a checkpoint of k heads (ensemble=heads): its heads are the members
+        members, name = score_sets(checkpoints[0], sets, cfg, all_heads=True), "head_{}"
+    else:  # separately trained models, each scoring as it does alone (a k-head one: its own aggregation)
+        members, name = [score_sets(path, sets, cfg) for path in checkpoints], "member_{}"
     gold = [s["scores"] for s in sets] if cfg.gold == "data" else score_sets(cfg.gold, sets, cfg)
     lengths = [[len(r) for r in s["responses"]] for s in sets]  # characters
-    proxies = ensemble_proxies(members, list(cfg.ensemble.aggregations), cfg.ensemble.uncertainty_coef)
+    proxies = ensemble_proxies(members, list(cfg.ensemble.aggregations), cfg.ensemble.uncertainty_coef, name)
 
     curves = bon.bon_audit(proxies, gold, lengths, cfg.bon.max_n, cfg.bon.drop_tolerance)
     main_proxy = "proxy" if "proxy" in proxies else "mean"

@@ -323,7 +323,7 @@ def write_folder(folder: Path, model: RewardModel, tokenizer: PreTrainedTokenize
     config.pad_token_id = tokenizer.pad_token_id
     prefix = native.base_model_prefix if native else "backbone"
     state = {f"{prefix}.{k}": v for k, v in model.backbone.state_dict().items()}
-    head = model.head.weight[:1]  # the reward (OdinLoss: the quality head, not the length head)
+    head = model.reward_weight()  # OdinLoss: the quality head; ensemble=heads: the mean of the heads' rows
     if native and info["pooling"] == "pooler":  # BertForSequenceClassification: pooler, then classifier
         state.update({f"{prefix}.pooler.dense.weight": model.pooling.dense.weight,
                       f"{prefix}.pooler.dense.bias": model.pooling.dense.bias,
@@ -384,6 +384,24 @@ def check_tokenizer(folder: Path, pairs: list[dict], settings: dict, remote_code
                                        f"{add_special_tokens}) as other ids than rmlab trains on: {text[-200:]!r}")
 
 
+def check_heads(checkpoint: dict, aggregation: str | None, path: str) -> None:
+    """Before the model is built: a checkpoint of k reward heads (ensemble=heads) exports only as the mean
+    of its heads, which is one linear head (rows averaged), exact. Its own aggregation min or
+    uncertainty_weighted is not linear in the pooled vector, so no num_labels=1 head computes it: a
+    ConfigError naming `aggregation=mean`, unless given; another `aggregation` is refused too."""
+    ensemble = (checkpoint["rmlab_config"].get("model") or {}).get("ensemble")
+    if not ensemble:
+        if aggregation:
+            raise ConfigError(f"aggregation={aggregation}: ckpt={path!r} has one reward head, nothing to aggregate; leave it unset")
+        return
+    own, heads = aggregation or ensemble.get("aggregation", "mean"), ensemble.get("heads")
+    if own != "mean":
+        raise ConfigError(f"ckpt={path!r} rewards with the {own} of its {heads} heads (model.ensemble.aggregation), which no "
+                          "AutoModelForSequenceClassification with num_labels=1 can compute (a min or a std is not one "
+                          "linear head). Export the mean of its heads instead, exactly (the mean of linear heads is one): "
+                          "add aggregation=mean; or score it with rmlab itself (rmlab.score, rmlab.evaluate, rmlab.audit)")
+
+
 def export(cfg: DictConfig) -> dict:
     """Write the folder (checked against rmlab's rewards) and return its `rmlab` config entry.
     Raises ConfigError for an ensemble (ckpt=[a,b,...]): separately trained models have no one folder."""
@@ -398,7 +416,10 @@ def export(cfg: DictConfig) -> dict:
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise FileExistsError(f"out={cfg.out!r} exists and is not empty; choose another folder or set overwrite=true")
     checkpoint = load_checkpoint(cfg.ckpt, cfg.trust_remote_code)
+    check_heads(checkpoint, cfg.get("aggregation"), cfg.ckpt)
     model, run_cfg = load_reward_model(checkpoint)
+    if model.ensemble is not None and cfg.get("aggregation"):
+        model.ensemble.aggregation = cfg.aggregation  # what the folder computes, and what the check compares
     if hasattr(model.backbone, "merge_and_unload"):  # LoRA (peft): fold the adapters into the weights
         model.backbone = model.backbone.merge_and_unload()
     pooling = POOLINGS.get(run_cfg.model.pooling._target_)

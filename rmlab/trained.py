@@ -133,21 +133,29 @@ class Scorer:
             check_sequence_end(checkpoint, self.settings, model_path)
         self.device = torch.device(device)
         self.model.eval().to(self.device)
+        # A checkpoint of k reward heads (ensemble=heads): its reward is their model.ensemble.aggregation.
+        ensemble = None if self.exported else self.model.ensemble
+        self.heads = ensemble.heads if ensemble is not None else 1
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """One fp32 reward per row."""
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_heads: bool = False) -> torch.Tensor:
+        """One fp32 reward per row ([N]); all_heads: each reward head's ([N, heads]; heads = 1 unless the
+        checkpoint has an ensemble of heads)."""
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         if self.exported:
             extra = {"position_ids": (attention_mask.cumsum(dim=1) - 1).clamp(min=0)} if self.positions_from_mask else {}
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0].float()
+            rewards = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0].float()
+            return rewards[:, None] if all_heads else rewards
+        if all_heads:
+            return self.model(input_ids, attention_mask, all_heads=True).float()[:, :self.heads]  # OdinLoss: quality head
         return self.model(input_ids, attention_mask).float()
 
 
 @torch.no_grad()
 def score_sequences(scorer: Scorer, sequences: list[list[int]], batch_size: int = 16, sort_window: int = 1024,
-                    precision: str = "fp32") -> list[float]:
-    """One reward per token-id sequence, in input order. Within each window of `sort_window`
-    sequences, batches are formed longest first so that a batch holds similar lengths."""
+                    precision: str = "fp32", all_heads: bool = False) -> list:
+    """One reward per token-id sequence, in input order (all_heads: a list of scorer.heads rewards each).
+    Within each window of `sort_window` sequences, batches are formed longest first so that a batch holds
+    similar lengths."""
     collator = PairCollator(scorer.tokenizer.pad_token_id, scorer.settings["padding_side"])
     autocast = (torch.autocast(scorer.device.type, dtype=torch.bfloat16) if precision == "bf16"
                 else contextlib.nullcontext())
@@ -160,7 +168,7 @@ def score_sequences(scorer: Scorer, sequences: list[list[int]], batch_size: int 
                 rows = order[first:first + batch_size]
                 batch = collator.pad([sequences[i] for i in rows])
                 with autocast:
-                    out = scorer(batch["input_ids"], batch["attention_mask"])
+                    out = scorer(batch["input_ids"], batch["attention_mask"], all_heads)
                 for i, reward in zip(rows, out.tolist()):
                     rewards[i] = reward
                 bar.update(len(rows))

@@ -32,7 +32,7 @@ def test_option_composes_and_binds(group, option, tmp_path):
     prefix = "+" if group in PLUGIN_GROUPS else ""
     cfg = compose_train([f"{prefix}{group}={option}", *REQUIRED.get((group, option), [])], tmp_path)
     packaged_at = {"pooling": "model.pooling", "experiment": "model.pooling", "hparams_search": "model.pooling",
-                   "debias": "model.pooling", "set_loss": "model.set_loss"}  # groups whose files are packaged elsewhere
+                   "debias": "model.pooling", "set_loss": "model.set_loss", "ensemble": "model.ensemble"}  # groups whose files are packaged elsewhere
     assert OmegaConf.select(cfg, packaged_at.get(group, group)) is not None
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     targets = {path for path, node in config_nodes(resolved) if "_target_" in node}
@@ -50,6 +50,9 @@ def test_option_composes_and_binds(group, option, tmp_path):
     assert loss(torch.tensor([1.0]), torch.tensor([0.0])).item() > 0
     set_loss = instantiate(cfg.model.set_loss)  # rewards, scores, mask [B, K]
     assert set_loss(torch.tensor([[1.0, 0.0, 0.5]]), torch.tensor([[2.0, 0.0, 1.0]]), torch.ones(1, 3, dtype=torch.bool)).item() > 0
+    if cfg.model.get("ensemble") is not None:  # ensemble=heads: k heads and their aggregation
+        ensemble = instantiate(cfg.model.ensemble)
+        assert ensemble.reward(torch.zeros(2, ensemble.heads)).shape == (2,)
     weight = torch.nn.Parameter(torch.zeros(2))
     optimizer = instantiate(cfg.model.optimizer)([weight])
     instantiate(cfg.model.scheduler)(optimizer=optimizer, num_warmup_steps=1, num_training_steps=10)

@@ -113,6 +113,8 @@ class OdinLoss(BradleyTerryLoss):
 # -- Losses over a set of K responses to one prompt ---------------------------------------------------
 # rewards, scores: [B, K]; mask: [B, K] bool, True where a response exists (sets of fewer than K
 # responses are padded). Higher scores are better; equal scores are ties. A pair is the set K = 2.
+# weight: [B] per-set weights (ensemble=heads with bootstrap: a head's Poisson(1) draws), multiplying
+# every term the set contributes before the mean, as BradleyTerryLoss weighs a pair.
 
 def ordered_pairs(scores: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, K, K] booleans: `better[b, i, j]` where response i of set b outscores response j, and
@@ -144,11 +146,13 @@ class AllPairsBradleyTerryLoss(nn.Module):
         super().__init__()
         self.margin_scale = margin_scale
 
-    def forward(self, rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """rewards, scores: [B, K]; mask: [B, K] bool -> scalar loss."""
+    def forward(self, rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor,
+                weight: torch.Tensor | None = None) -> torch.Tensor:
+        """rewards, scores: [B, K]; mask: [B, K] bool; weight: [B] or None -> scalar loss."""
         better, _ = ordered_pairs(scores, mask)
         logits = rewards[:, :, None] - rewards[:, None, :] - self.margin_scale * (scores[:, :, None] - scores[:, None, :])
-        return -F.logsigmoid(logits[better]).mean()
+        nll = -F.logsigmoid(logits)
+        return (nll if weight is None else nll * weight[:, None, None])[better].mean()
 
 
 class PlackettLuceLoss(nn.Module):
@@ -161,13 +165,15 @@ class PlackettLuceLoss(nn.Module):
     (2008), "Listwise approach to learning to rank", ICML, Eq. 9; ties: Breslow (1974), Biometrics 30.
     """
 
-    def forward(self, rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """rewards, scores: [B, K]; mask: [B, K] bool -> scalar loss."""
+    def forward(self, rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor,
+                weight: torch.Tensor | None = None) -> torch.Tensor:
+        """rewards, scores: [B, K]; mask: [B, K] bool; weight: [B] or None -> scalar loss."""
         # [B, K(i), K(j)]: j is still in the running when i is chosen (not ranked above i).
         remaining = mask[:, None, :] & (scores[:, None, :] <= scores[:, :, None])
         logits = rewards[:, None, :].expand_as(remaining).masked_fill(~remaining, float("-inf"))
         terms = rewards - torch.logsumexp(logits, dim=2)  # [B, K]
-        return -(terms * mask).sum(dim=1).mean()
+        per_set = -(terms * mask).sum(dim=1)  # [B]
+        return (per_set if weight is None else per_set * weight).mean()
 
 
 class DavidsonTiesLoss(nn.Module):
@@ -183,10 +189,12 @@ class DavidsonTiesLoss(nn.Module):
             raise ValueError(f"tie_strength must be > 0, got {tie_strength}")
         self.log_nu = math.log(tie_strength)
 
-    def forward(self, rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """rewards, scores: [B, K]; mask: [B, K] bool -> scalar loss."""
+    def forward(self, rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor,
+                weight: torch.Tensor | None = None) -> torch.Tensor:
+        """rewards, scores: [B, K]; mask: [B, K] bool; weight: [B] or None -> scalar loss."""
         better, tied = ordered_pairs(scores, mask)
         half = (rewards[:, :, None] - rewards[:, None, :]) / 2
         log_norm = torch.logsumexp(torch.stack([half, -half, torch.full_like(half, self.log_nu)]), dim=0)
-        nll = torch.cat([(log_norm - half)[better], (log_norm - self.log_nu)[tied]])
+        weights = torch.ones_like(half) if weight is None else weight[:, None, None].expand_as(half)
+        nll = torch.cat([(log_norm - half)[better] * weights[better], (log_norm - self.log_nu)[tied] * weights[tied]])
         return nll.mean()

@@ -1,4 +1,5 @@
-"""The reward model as a LightningModule: backbone -> pooling -> Linear(hidden, 1) -> pairwise loss.
+"""The reward model as a LightningModule: backbone -> pooling -> Linear(hidden, 1) -> pairwise loss
+(Linear(hidden, k) and k losses with ensemble=heads: rmlab.model.heads).
 
 The module holds the network, the loss call and the Lightning hooks; the eval-reward store
 (model/eval_store.py), the non-finite policy (model/nonfinite.py) and the optimizer and fused
@@ -24,6 +25,7 @@ from rmlab.hub import is_causal_decoder
 from rmlab.model import optim
 from rmlab.model.backbone import apply_lora, load_backbone
 from rmlab.model.eval_store import EvalRewardStore, EvalSetStore, ScoredPairs, ScoredSets
+from rmlab.model.heads import HeadEnsemble
 from rmlab.model.loss import AllPairsBradleyTerryLoss, ordered_pairs
 from rmlab.model.nonfinite import check_policy, nonfinite_problem
 
@@ -88,6 +90,7 @@ class RewardModel(L.LightningModule):
         on_nonfinite: str = "stop",
         split_by_length: bool = True,
         set_loss: nn.Module | None = None,
+        ensemble: HeadEnsemble | None = None,
     ):
         super().__init__()
         check_policy(on_nonfinite)
@@ -114,7 +117,15 @@ class RewardModel(L.LightningModule):
         # without one the head is exactly the `score` layer of transformers' *ForSequenceClassification
         # decoders, so exports (rmlab.export) give the same rewards.
         # One output per reward the loss trains (OdinLoss: quality and length); rewards are output 0.
-        self.head = nn.Linear(self.backbone.config.hidden_size, getattr(loss, "num_heads", 1), bias=False)
+        # ensemble=heads: k outputs, each a reward, combined by the ensemble's aggregation.
+        heads = getattr(loss, "num_heads", 1)
+        if ensemble is not None and heads > 1:
+            raise ConfigError(f"ensemble=heads trains {ensemble.heads} Bradley-Terry reward heads, and {type(loss).__name__} "
+                              f"(debias=odin) reads {heads} heads of its own that are not rewards to average; "
+                              "use one of the two, not both")
+        self.ensemble = ensemble
+        # Each row of the weight is drawn on its own: k heads start from k independent initialisations.
+        self.head = nn.Linear(self.backbone.config.hidden_size, ensemble.heads if ensemble else heads, bias=False)
         nn.init.normal_(self.head.weight, std=1.0 / (self.backbone.config.hidden_size + 1) ** 0.5)
         self.loss_fn = loss
         # Response-set batches (K responses per prompt) train with a set loss (conf/set_loss/).
@@ -150,9 +161,24 @@ class RewardModel(L.LightningModule):
         self.skipped_nonfinite = checkpoint.get("rmlab_skipped_nonfinite", 0)
 
     def _rewards(self, pooled: torch.Tensor, all_heads: bool) -> torch.Tensor:
-        """[N, hidden] -> [N] rewards, or [N, heads] with all_heads."""
+        """[N, hidden] -> [N] rewards (an ensemble's: its aggregation of the heads), or [N, heads] with all_heads."""
         out = self.head(pooled).float()
-        return out if all_heads else out[:, 0]
+        if all_heads:
+            return out
+        return self.ensemble.reward(out) if self.ensemble is not None else out[:, 0]
+
+    def reward_weight(self) -> torch.Tensor:
+        """[1, hidden]: the one linear map from the pooled vector to the reward, for exports. OdinLoss: the
+        quality head; an ensemble combined by its mean: the mean of the heads' rows (a mean of linear maps
+        is one). Raises ConfigError for min / uncertainty_weighted, which no single linear head computes."""
+        if self.ensemble is None:
+            return self.head.weight[:1]
+        if self.ensemble.aggregation != "mean":
+            raise ConfigError(f"this reward model's reward is the {self.ensemble.aggregation} of {self.ensemble.heads} heads "
+                              "(model.ensemble.aggregation), which no AutoModelForSequenceClassification with num_labels=1 "
+                              "computes: export the mean of its heads (one linear head, exact) with aggregation=mean, or "
+                              "score with rmlab itself (rmlab.score / rmlab.evaluate / rmlab.audit read the checkpoint)")
+        return self.head.weight.mean(dim=0, keepdim=True)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_heads: bool = False) -> torch.Tensor:
         """input_ids, attention_mask [N, L] -> one reward per row ([N]); all_heads=True: every head's
@@ -208,26 +234,52 @@ class RewardModel(L.LightningModule):
             positions += len(rows) * (end - start)
         return torch.cat(parts)[torch.argsort(order)], positions
 
-    def set_rewards(self, batch: Batch) -> tuple[torch.Tensor, int]:
+    def set_rewards(self, batch: Batch, all_heads: bool = False) -> tuple[torch.Tensor, int]:
         """Rewards [B, Kmax] of a response-set batch (rmlab.data.set_collate; 0 where a set has fewer
-        responses) and the token positions computed. Packed: each set's prompt is computed once and
-        every response pooled over the prompt and itself; padded: one row per response."""
-        if self.head.out_features > 1:
+        responses; [B, Kmax, heads] with all_heads) and the token positions computed. Packed: each set's
+        prompt is computed once and every response pooled over the prompt and itself; padded: one row per response."""
+        if getattr(self.loss_fn, "num_heads", 1) > 1:
             raise ConfigError(f"a {type(self.loss_fn).__name__} reward model has {self.head.out_features} heads, which "
                               "response sets do not train; leave debias=odin off for response sets")
         if "segments" in batch:
             hidden = self._packed_hidden(batch["input_ids"], batch["segments"], batch["position_ids"])
             masks = response_masks(batch["segments"], batch["response_mask"].shape[1])  # [B, K, L]
             pooled = torch.stack([self.pooling(hidden, masks[:, k]) for k in range(masks.shape[1])], dim=1)
-            rewards = self._rewards(pooled.flatten(0, 1), all_heads=False).view(masks.shape[:2])
-            return rewards.masked_fill(~batch["response_mask"], 0), batch["input_ids"].numel()
-        rows, positions = self._split_forward(batch["input_ids"], batch["attention_mask"])
+            rewards = self._rewards(pooled.flatten(0, 1), all_heads).view(*masks.shape[:2], -1)
+            absent = ~batch["response_mask"][..., None]
+            rewards = rewards.masked_fill(absent, 0)
+            return (rewards if all_heads else rewards[..., 0]), batch["input_ids"].numel()
+        rows, positions = self._split_forward(batch["input_ids"], batch["attention_mask"], all_heads)
         return to_sets(rows, batch["set_rows"]), positions
 
     def _set_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(loss [], rewards [B, Kmax], token positions computed) of a response-set batch."""
-        rewards, positions = self.set_rewards(batch)
-        return self.set_loss_fn(rewards, batch["scores"], batch["response_mask"]), rewards, positions
+        return self._set_outputs(batch)[:3]
+
+    def _set_outputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
+        """_set_step's three, and with ensemble=heads every head's rewards [B, Kmax, heads] (else None):
+        the loss is then the mean over heads of each head's set loss, on its bootstrap weights while training."""
+        scores, mask = batch["scores"], batch["response_mask"]
+        if self.ensemble is None:
+            rewards, positions = self.set_rewards(batch)
+            return self.set_loss_fn(rewards, scores, mask), rewards, positions, None
+        outputs, positions = self.set_rewards(batch, all_heads=True)
+        boot = self.ensemble.weights(batch.get("index")) if self.training else None
+        loss = torch.stack([self.set_loss_fn(outputs[..., h], scores, mask, weight=None if boot is None else boot[:, h])
+                            for h in range(self.ensemble.heads)]).mean()
+        rewards = self.ensemble.reward(outputs.flatten(0, 1)).view(mask.shape).masked_fill(~mask, 0)
+        return loss, rewards, positions, outputs
+
+    def _log_heads(self, stage: str, margins: torch.Tensor | None, outputs: torch.Tensor, groups: int,
+                   accuracy: Callable[[int], torch.Tensor] | None = None) -> None:
+        """Each head's accuracy ({stage}/head_<h>/acc) and the heads' spread ({stage}/ensemble/reward_std: the
+        mean over responses of the std across heads). Pairs: margins [B, heads] and outputs [2B, heads];
+        sets: accuracy(h), head h's accuracy, and outputs [responses, heads]. Epoch means over batches and ranks."""
+        options = {"on_step": False, "on_epoch": True, "sync_dist": True, "batch_size": groups}
+        for h in range(outputs.shape[1]):
+            value = pair_correct(margins[:, h]).mean() if margins is not None else accuracy(h)
+            self.log(f"{stage}/head_{h}/acc", value, **options)
+        self.log(f"{stage}/ensemble/reward_std", outputs.std(dim=1, correction=0).mean(), **options)
 
     def _set_training_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         loss, rewards, positions = self._set_step(batch)
@@ -261,11 +313,26 @@ class RewardModel(L.LightningModule):
         """(loss [], reward_chosen [B], reward_rejected [B]) from a batch's [2B, heads] outputs."""
         chosen, rejected = outputs.chunk(2)  # [B, heads] each
         extras = {"weight": batch.get("weight"), "response_tokens": batch.get("response_tokens")}
+        if self.ensemble is not None:
+            return self._heads_pair_loss(batch, chosen, rejected, extras)
         if outputs.shape[1] > 1:  # a multi-head loss (OdinLoss) reads every head, and the heads' weights
             loss = self.loss_fn(chosen, rejected, batch.get("label_margin"), head_weight=self.head.weight, **extras)
         else:
             loss = self.loss_fn(chosen[:, 0], rejected[:, 0], batch.get("label_margin"), **extras)
         return loss, chosen[:, 0], rejected[:, 0]
+
+    def _heads_pair_loss(self, batch: Batch, chosen: torch.Tensor, rejected: torch.Tensor,
+                         extras: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ensemble=heads: (the mean over heads of each head's loss, reward_chosen [B], reward_rejected [B])
+        from [B, heads] outputs; while training, head h's pairs weigh its bootstrap draws (times the data's weights)."""
+        boot = self.ensemble.weights(batch.get("index")) if self.training else None
+        losses = []
+        for h in range(self.ensemble.heads):
+            weight = extras["weight"]
+            if boot is not None:
+                weight = boot[:, h] if weight is None else weight * boot[:, h]
+            losses.append(self.loss_fn(chosen[:, h], rejected[:, h], batch.get("label_margin"), **{**extras, "weight": weight}))
+        return torch.stack(losses).mean(), self.ensemble.reward(chosen), self.ensemble.reward(rejected)
 
     def _pair_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss [], reward_chosen [B], reward_rejected [B]) of a batch."""
@@ -314,14 +381,22 @@ class RewardModel(L.LightningModule):
 
     def _eval_step(self, stage: str, batch: Batch, batch_idx: int) -> None:
         if is_set_batch(batch):
-            _, rewards, _ = self._set_step(batch)
+            _, rewards, _, heads = self._set_outputs(batch)
+            if heads is not None:
+                scores, mask = batch["scores"], batch["response_mask"]
+                self._log_heads(stage, None, heads[mask], len(rewards),
+                                lambda h: set_pair_accuracy(heads[..., h], scores, mask))
             index = batch.get("index")
             if index is None:
                 seen = self.set_store.seen(stage)
                 index = torch.arange(seen, seen + len(rewards)) + self.global_rank * 2**40
             self.set_store.add(stage, index, rewards, batch["scores"], batch["response_mask"])
             return
-        loss, reward_chosen, reward_rejected = self._pair_step(batch)
+        outputs = self._batch_rewards(batch)[0]
+        loss, reward_chosen, reward_rejected = self._pair_loss(batch, outputs)
+        if self.ensemble is not None:
+            chosen, rejected = outputs.chunk(2)
+            self._log_heads(stage, chosen - rejected, outputs, len(chosen))
         problem = nonfinite_problem(self, self.on_nonfinite, stage, batch, batch_idx, loss, reward_chosen, reward_rejected)
         if problem:  # evaluation updates nothing: the pairs are scored anyway, and the metrics show it
             log.warning("%s (model.on_nonfinite=skip: kept in this epoch's %s metrics)", problem, stage)
