@@ -196,8 +196,9 @@ def _length_correlations(best: str) -> tuple[float, float]:
 def test_odin_quality_head_is_decorrelated_from_a_pure_length_artifact(tmp_path):
     # Train: the chosen answer is always the longer one; test: length says nothing. One epoch validates once, at
     # its end, so the best checkpoint is the last weights whatever the (separately generated) val split's size.
-    common = [*SMALL, "data.source.length_bias=1.0", "data.source.n_train=800", "data.source.n_val=32",
-              "data.source.n_test=200", "trainer.max_epochs=1", "diagnostics.val_probe_pairs=0",
+    # 400 pairs at lr 1e-4 (25 steps): measured plain 0.80, ODIN length head 0.88, quality head -0.07.
+    common = [*SMALL, "data.source.length_bias=1.0", "data.source.n_train=400", "model.optimizer.lr=1e-4",
+              "data.source.n_val=32", "data.source.n_test=200", "trainer.max_epochs=1", "diagnostics.val_probe_pairs=0",
               "diagnostics.test_probe_pairs=0"]
     plain = train(compose_train(common, tmp_path / "plain"))
     odin = train(compose_train([*common, "debias=odin"], tmp_path / "odin"))
