@@ -12,7 +12,6 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
@@ -75,6 +74,8 @@ def evaluate(cfg: DictConfig) -> dict:
         return diagnostics.last_report  # its summary table and path are logged by the callback
     finally:
         if isinstance(logger, WandbLogger):
+            import wandb  # here: a run without W&B does not pay for importing it
+
             wandb.finish()
 
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-from rmlab.checkpoint import umask_mode
 from rmlab.errors import ConfigError
 from rmlab.hardware import cache_root
 
@@ -54,6 +53,8 @@ def _gguf_cache_dir(path: str, gguf_file: str) -> Path:
 
 def _dequantised_gguf(path: str, gguf_file: str) -> str:
     """Dequantise a GGUF checkpoint once into a safetensors folder and return that folder."""
+    from rmlab.checkpoint import umask_mode  # here: rmlab.checkpoint imports Lightning (~5 s)
+
     cache = _gguf_cache_dir(path, gguf_file)
     if (cache / "config.json").exists() and (cache / "tokenizer_config.json").exists():
         return str(cache)

@@ -11,17 +11,19 @@ import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, ListConfig, open_dict
 
 from rmlab.errors import ConfigError, DataError, NonFiniteError
+
+if TYPE_CHECKING:
+    from lightning.pytorch.loggers import Logger, WandbLogger
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,9 @@ def resumed_logger_settings(cfg: DictConfig, run_dir: Path) -> dict:
 def start_logger(logger_cfg: DictConfig, settings: dict) -> Logger:
     """The run's logger, with a W&B run already started: online when asked and W&B answers in time
     (logger.settings.init_timeout), else offline, else CSV. Losing W&B must never stop training."""
+    # Here, not at the top: rmlab.score and rmlab.audit import this module and start no logger (Lightning: ~5 s).
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
     logger = instantiate(logger_cfg, **settings)
     if not isinstance(logger, WandbLogger):
         return logger

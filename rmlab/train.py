@@ -11,7 +11,6 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
-import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
@@ -108,6 +107,8 @@ def train(cfg: DictConfig) -> dict:
         return summary
     finally:
         if isinstance(logger, WandbLogger):
+            import wandb  # here: a run without W&B does not pay for importing it
+
             wandb.finish()  # so the next job of a multirun starts a fresh W&B run
 
 

@@ -12,6 +12,7 @@ import inspect
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from hydra.utils import instantiate
@@ -24,13 +25,14 @@ from transformers import (
 )
 
 from rmlab import strict_json
-from rmlab.checkpoint import written_before
 from rmlab.config import config_nodes
 from rmlab.data.collate import PairCollator
 from rmlab.data.tokenize import special_token_frame, tokenize_pair, use_chat_template
 from rmlab.errors import ConfigError
 from rmlab.hub import load_tokenizer
-from rmlab.model.module import RewardModel
+
+if TYPE_CHECKING:  # built by instantiate from the checkpoint's config: scoring an export never imports Lightning
+    from rmlab.model.module import RewardModel
 
 # What a checkpoint's stored config may name as a `_target_`: instantiate would call anything else
 # it names, so a checkpoint from elsewhere could run code that weights_only=True keeps out.
@@ -97,6 +99,8 @@ def tokenizing_function(tokenizer: PreTrainedTokenizerBase, settings: dict) -> C
 def check_sequence_end(checkpoint: dict, settings: dict, path: str) -> None:
     """Refuse a chat-template checkpoint trained before its inputs ended at the eos token: it learned
     its reward at the template's text after eos (ChatML: "\\n"), where consumers no longer score."""
+    from rmlab.checkpoint import written_before  # here: rmlab.checkpoint imports Lightning (~5 s)
+
     # From 0.2 on every checkpoint ends at eos; before, only those with the marker rmlab_sequence_end=eos did.
     if settings["chat_template"] and written_before(checkpoint, "0.2") and checkpoint.get("rmlab_sequence_end") != "eos":
         raise ValueError(f"ckpt={path!r} was trained by an rmlab that read chat-template rewards after the eos token "
