@@ -103,7 +103,20 @@ def test_split_point_cuts_where_the_two_parts_pad_least():
     assert split_point(torch.tensor([5, 50, 5])) is None  # too few rows to split
 
 
-def test_split_forward_gives_the_one_forward_rewards_and_gradients(backbone_cfg):
+@pytest.fixture(scope="module", params=["minilm", "llama"])
+def split_backbone(request, tmp_path_factory) -> dict:
+    """The packaged MiniLM (else a tiny BERT), and a 2-layer Llama of SmolLM2's class: the split is rmlab's, and a
+    decoder's left padding and rebuilt positions are the same code at any size (the real SmolLM2's rewards under
+    both paddings: test_batch_invariance, test_packing)."""
+    from conftest import PACKAGED, _tiny_random
+
+    if request.param == "minilm" and importlib.util.find_spec(PACKAGED["minilm"][0]) is not None:
+        return {"kind": "minilm", **PACKAGED["minilm"][1]}
+    kind = "minilm" if request.param == "minilm" else "smollm2"
+    return {"kind": kind, **_tiny_random(kind, tmp_path_factory.mktemp(request.param))}
+
+
+def test_split_forward_gives_the_one_forward_rewards_and_gradients(split_backbone):
     import torch
 
     from rmlab.data.collate import PairCollator
@@ -111,6 +124,7 @@ def test_split_forward_gives_the_one_forward_rewards_and_gradients(backbone_cfg)
 
     from conftest import make_reward_model
 
+    backbone_cfg = split_backbone
     pairs = [{"chosen_input_ids": list(range(10, 10 + n)), "rejected_input_ids": list(range(20, 20 + m))}
              for n, m in ((5, 40), (7, 38), (6, 41), (4, 39))]
     pooling = LastTokenPooling() if backbone_cfg["kind"] == "smollm2" else MeanPooling()
