@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -79,3 +80,48 @@ def test_set_format_named_and_a_pairs_file_stays_pairs(tmp_path):
     pairs = [{"prompt": "p", "chosen": "good", "rejected": "bad"}] * 3
     dm = datamodule(write_jsonl(tmp_path / "pairs.jsonl", pairs))
     assert dm.sets is False and dm.stats["train"]["pairs"] == 3
+
+
+# Sets of 2 to 5 responses (the K of each set is its place in the list mod 4, plus 2): a set split across
+# ranks, or cut at a batch boundary, would show as a set with fewer responses than its stored row.
+MANY_SETS = [{"prompt": f"Question {n}?", "responses": [f"answer {n} {words(i + 1, 'more')}" for i in range(n % 4 + 2)],
+              "scores": [float(i) for i in range(n % 4 + 2)]} for n in range(16)]
+
+
+def train_batches(dm, world: int, rank: int, global_step: int = 0, batches_per_epoch: float = float("inf")) -> list[dict]:
+    """The train loader's batches on one rank; a stand-in for the Trainer fields the DataModule reads."""
+    dm.trainer = SimpleNamespace(world_size=world, global_rank=rank, global_step=global_step,
+                                 num_training_batches=batches_per_epoch, accumulate_grad_batches=1)
+    return list(dm.train_dataloader())
+
+
+def whole_sets(dm, batch: dict) -> list[int]:
+    """The stored set indices of a batch, after checking that each came with all its responses and scores."""
+    stored = dm.splits["train"]
+    for b, index in enumerate(batch["index"].tolist()):
+        k = len(stored[index]["input_ids"])
+        assert batch["response_mask"][b].sum() == k and batch["scores"][b, :k].tolist() == stored[index]["scores"]
+        rows = batch["set_rows"][b, :k].tolist()
+        got = [[t for t, m in zip(batch["input_ids"][r].tolist(), batch["attention_mask"][r].tolist()) if m] for r in rows]
+        assert got == stored[index]["input_ids"]
+    return batch["index"].tolist()
+
+
+def test_ranks_get_whole_sets_and_together_the_one_process_batches(tmp_path):
+    dm = datamodule(write_jsonl(tmp_path / "sets.jsonl", MANY_SETS), packing="none", batch_size=2)
+    per_rank = [[whole_sets(dm, b) for b in train_batches(dm, world=2, rank=rank)] for rank in (0, 1)]
+    dm.batch_size = 4
+    single = [whole_sets(dm, b) for b in train_batches(dm, world=1, rank=0)]
+    assert len(single) == 4 and [len(b) for b in single] == [4] * 4
+    # step by step the two ranks' sets are the one process's sets of twice the batch, dealt out alternately
+    assert per_rank == [[b[0::2] for b in single], [b[1::2] for b in single]]
+    assert sorted(i for b in single for i in b) == list(range(16))
+
+
+def test_a_resumed_set_epoch_trains_the_sets_not_yet_trained(tmp_path):
+    dm = datamodule(write_jsonl(tmp_path / "sets.jsonl", MANY_SETS), packing="none", batch_size=2)
+    fresh = [[whole_sets(dm, b) for b in train_batches(dm, world=2, rank=rank)] for rank in (0, 1)]
+    # resumed at step 3 of an epoch of 4 steps: each rank trains its last batch only
+    resumed = [[whole_sets(dm, b) for b in train_batches(dm, world=2, rank=rank, global_step=3, batches_per_epoch=4)]
+               for rank in (0, 1)]
+    assert resumed == [fresh[0][3:], fresh[1][3:]]

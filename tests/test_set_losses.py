@@ -61,6 +61,19 @@ def test_padding_takes_no_part():
     assert set_pair_counts(scores, mask)[0].tolist() == [1, 3]
 
 
+def test_plackett_luce_of_a_padded_batch_whose_real_scores_are_all_above_the_padding():
+    # the collator scores an absent response 0; AlpacaEval's gold scores are win probabilities > 0
+    rewards = torch.tensor([[0.3, 0.1, 0.0], [0.2, 0.5, 0.4]], requires_grad=True)
+    scores, mask = torch.tensor([[0.9, 0.2, 0.0], [0.1, 0.7, 0.3]]), torch.tensor([[True, True, False], [True, True, True]])
+    loss = PlackettLuceLoss()(rewards, scores, mask)
+    lse = lambda *x: math.log(sum(math.exp(v) for v in x))  # noqa: E731
+    first = (0.3 - lse(0.3, 0.1)) + 0.0                      # ranking 0, 1
+    second = (0.5 - lse(0.2, 0.5, 0.4)) + (0.4 - lse(0.2, 0.4)) + 0.0  # ranking 1, 2, 0
+    assert loss.item() == pytest.approx(-(first + second) / 2, abs=1e-6)
+    loss.backward()
+    assert torch.isfinite(rewards.grad).all() and rewards.grad[0, 2] == 0
+
+
 def test_ties_are_counted_and_tied_responses_are_treated_alike():
     scores, mask = torch.tensor([[2.0, 1.0, 1.0, 0.0]]), torch.ones(1, 4, dtype=torch.bool)
     assert [t.tolist() for t in set_pair_counts(scores, mask)] == [[5], [1]]  # K(K-1)/2 = 6 in all

@@ -1,5 +1,5 @@
 """Response sets end to end: one short training on synthetic sets (MiniLM, Plackett-Luce, one row per
-response), then every command reads its checkpoint: evaluate on a set file, the best-of-N audit (an
+response; stopped halfway and continued from its checkpoint), then every command reads its checkpoint: evaluate on a set file, the best-of-N audit (an
 ensemble with the pair-trained smoke run, and a gold-equal proxy), scoring a set file."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from rmlab.score import score
 from conftest import compose_entry, run_cli
 
 SET_RUN = ["experiment=smoke", "data=synthetic_sets", "data.source.n_train=24", "data.source.n_val=8",
-           "data.source.n_test=12", "data.batch_size=4", "set_loss=plackett_luce", "trainer.accelerator=cpu"]
+           "data.source.n_test=12", "data.batch_size=4", "set_loss=plackett_luce", "trainer.accelerator=cpu",
+           "callbacks.throughput.warmup_steps=1"]  # 1: the continued run (set_run) trains 3 steps
 # A file of sets of 2 to 5 responses; gold scores with a tie, so every metric has something to count.
 SETS = [
     {"prompt": "What is 2 + 3?", "responses": ["5", "6", "It is 7.", "Five, which is 5."], "scores": [1, 0, 0, 1], "subset": "math"},
@@ -26,9 +27,16 @@ SETS = [
 
 @pytest.fixture(scope="session")
 def set_run(tmp_path_factory):
-    """`python -m rmlab.train data=synthetic_sets ...`: its run dir, summary and best checkpoint."""
-    run_dir = tmp_path_factory.mktemp("set_run") / "run"
-    result = run_cli("rmlab.train", [*SET_RUN, f"hydra.run.dir={run_dir}"], run_dir.parent)
+    """`python -m rmlab.train data=synthetic_sets ...` stopped after 3 of its 6 steps (last.ckpt kept), then
+    continued from that checkpoint in a second run dir, as a resumed set training: its run dir, summary and
+    best checkpoint."""
+    base = tmp_path_factory.mktemp("set_run")
+    first, run_dir = base / "first", base / "run"
+    result = run_cli("rmlab.train", [*SET_RUN, "trainer.max_steps=3", "callbacks.last_checkpoint.every_n_train_steps=3",
+                                     "callbacks.keep_after_fit.keep_last=true", "test_after_fit=false",
+                                     f"hydra.run.dir={first}"], base)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli("rmlab.train", [*SET_RUN, f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={run_dir}"], base)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     return run_dir, summary, summary["best_checkpoint"]
@@ -46,6 +54,8 @@ def test_training_on_response_sets_reports_sets(set_run):
     run_dir, summary, _ = set_run
     assert (summary["data/train/sets"], summary["data/train/responses"]) == (24, 96)  # k = 4
     assert summary["data/test/sets"] == 12 and summary["data/test/k_min"] == summary["data/test/k_max"] == 4
+    # continued from step 3 of the epoch's 6: the last 3 batches only (a restart of the epoch would end at step 9)
+    assert (summary["train/steps"], summary["train/pairs_seen"]) == (6, 24)
     assert 0.0 <= summary["test/acc"] <= 1.0 and "train/pairs_per_s" not in summary
     assert summary["train/responses_per_s"] == pytest.approx(4 * summary["train/sets_per_s"])  # k = 4 throughout
     # the random baseline of sets of 4 with one correct answer: 1/4 best-of-K, regret 3/4

@@ -9,6 +9,9 @@ throughput callback measuring), the baselines through rmlab/bench/baselines.py. 
 (bench.md, bench.json in the run dir) gives each leg's median over the rounds: pairs/s, non-pad
 tokens computed per second, padding fraction, model FLOP/s and MFU against the matmul peak
 measured here, peak memory, and held-out accuracy after the same steps.
+
+A response-set dataset (rmlab/bench/sets.py) adds the leg `rmlab_sets`: the same K-response sets
+trained as sets, while the pair legs train on their pairs; it is reported per set and per response.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import rmlab  # noqa: F401  (first: caps oneDNN before torch runs a kernel)
 from rmlab import strict_json
+from rmlab.bench.sets import SET_DATASETS, describe, make_sets, per_set, set_table
 from rmlab.config import CONFIG_DIR
 from rmlab.data.formats import template_messages
 from rmlab.hardware import cpu_bf16_speedup, matmul_peak_flops
@@ -78,7 +82,7 @@ def make_pairs(cfg: DictConfig, model: str, dataset: str, out: Path) -> dict | N
                                     "rejected_input_ids": row["rejected_input_ids"]}) + "\n")
         files[split] = (str(text), str(ids))
         counts[split] = len(rows)
-    return {"files": files, "pairs": counts, "pad_token_id": dm.tokenizer.pad_token_id, "backbone": backbone,
+    return {"files": files, "pairs": counts, "batch_size": cfg.batch_size, "pad_token_id": dm.tokenizer.pad_token_id, "backbone": backbone,
             "dropped_over_max_length": dm.stats["train"]["dropped"], "packing": dm.packing}
 
 
@@ -89,23 +93,28 @@ def run(command: list[str], log_file: Path) -> None:
         raise RuntimeError(f"{' '.join(command[:4])} ... failed (exit {done.returncode}); see {log_file}")
 
 
-def rmlab_leg(cfg: DictConfig, model: str, data: dict, precision: str, causal: bool, out: Path) -> dict:
-    (train_text, _), (test_text, _) = data["files"]["train"], data["files"]["test"]
+def rmlab_leg(cfg: DictConfig, model: str, data: dict, precision: str, causal: bool, out: Path, sets: bool = False) -> dict:
+    """`python -m rmlab.train` on the pairs (or, with `sets`, on the response sets) of `data`."""
+    train_text, test_text = ((data["files"]["train_sets"], data["files"]["test_sets"]) if sets
+                             else (data["files"]["train"][0], data["files"]["test"][0]))
+    batch_size = cfg.sets.batch_size if sets else data["batch_size"]
     steps = cfg.warmup_steps + cfg.steps
     run([sys.executable, "-m", "rmlab.train", f"model={model}", f"pooling={'last' if causal else 'mean'}",
          "data=local", f"data.path={train_text}", f"data.val_path={test_text}", f"data.test_path={test_text}",
-         f"data.max_length={cfg.max_length}", f"data.batch_size={cfg.batch_size}", "data.overlong=drop",
+         f"data.max_length={cfg.max_length}", f"data.batch_size={batch_size}", "data.overlong=drop",
          f"trainer.max_steps={steps}", "trainer.max_epochs=1", "+trainer.limit_val_batches=0",
          f"trainer.precision={'bf16-mixed' if precision == 'bf16' else '32-true'}", f"model.optimizer.lr={cfg.lr}",
          f"seed={cfg.seed}", "logger=csv", "~diagnostics", f"callbacks.throughput.warmup_steps={cfg.warmup_steps}",
          f"hydra.run.dir={out}"], out / "run.log")
     summary = json.loads((out / "summary.json").read_text())
-    pairs_per_s = summary["train/pairs_per_s"]
-    return {"pairs_per_s": pairs_per_s, "tokens_per_s": summary["train/tokens_per_s"],
+    speed = ({"sets_per_s": summary["train/sets_per_s"], "responses_per_s": summary["train/responses_per_s"]} if sets
+             else {"pairs_per_s": summary["train/pairs_per_s"]})
+    return {**speed, "tokens_per_s": summary["train/tokens_per_s"],
             "padding_fraction": summary["train/padding_fraction"], "flops_per_s": summary["train/flops_per_s"],
             "eval_acc": summary["test/acc"], "peak_rss_mb": summary["peak_rss_mb"],
             "peak_gpu_mb": summary.get("peak_gpu_mb"),
-            "notes": f"rmlab.train defaults: packing={data['packing']}, group_by_length, no gradient checkpointing"}
+            "notes": f"rmlab.train defaults{' on the set file, set_loss=all_pairs' if sets else ''}: "
+                     f"packing={data['packing']}, group_by_length, no gradient checkpointing"}
 
 
 def baseline_leg(cfg: DictConfig, impl: str, data: dict, precision: str, params: int, layers: int, hidden: int,
@@ -115,7 +124,7 @@ def baseline_leg(cfg: DictConfig, impl: str, data: dict, precision: str, params:
 
     backbone = data["backbone"]
     spec = {"impl": impl, "model_dir": local_source(backbone["name_or_path"], backbone.get("gguf_file")),
-            "train_file": train_ids, "eval_file": test_ids, "batch_size": cfg.batch_size, "max_length": cfg.max_length,
+            "train_file": train_ids, "eval_file": test_ids, "batch_size": data["batch_size"], "max_length": cfg.max_length,
             "precision": precision, "warmup_steps": cfg.warmup_steps, "steps": cfg.steps, "lr": cfg.lr,
             "seed": cfg.seed, "pad_token_id": data["pad_token_id"], "decoder": causal}
     run([sys.executable, "-m", "rmlab.bench.baselines", json.dumps(spec)], out / "run.log")
@@ -124,7 +133,7 @@ def baseline_leg(cfg: DictConfig, impl: str, data: dict, precision: str, params:
     lengths = [length for step in result["seq_lengths"] for length in step]
     attended = sum(length * (length + 1) / 2 if causal else length**2 for length in lengths)
     flops = 3 * (2 * params * sum(lengths) + 4 * layers * hidden * attended)
-    return {"pairs_per_s": cfg.steps * cfg.batch_size / seconds, "tokens_per_s": sum(lengths) / seconds,
+    return {"pairs_per_s": cfg.steps * data["batch_size"] / seconds, "tokens_per_s": sum(lengths) / seconds,
             "padding_fraction": 1 - sum(lengths) / sum(result["padded_tokens"]), "flops_per_s": flops / seconds,
             "eval_acc": result["eval_acc"], "peak_rss_mb": result["peak_rss_mb"], "peak_gpu_mb": result["peak_gpu_mb"],
             "notes": result["impl_notes"]}
@@ -151,16 +160,24 @@ def median_row(runs: list[dict]) -> dict:
 
 
 def report(results: list[dict], peaks: dict, cfg: DictConfig) -> str:
-    lines = [f"rmlab.bench: batch {cfg.batch_size} pairs, max_length {cfg.max_length}, {cfg.warmup_steps} warm-up + "
-             f"{cfg.steps} timed steps, median of {cfg.repeats} alternating rounds; "
+    pairs = [r for r in results if "k" not in r]
+    sets = [r for r in results if "k" in r]
+    lines = [f"rmlab.bench: batch {cfg.batch_size} pairs (set data: {cfg.sets.batch_size} sets), max_length "
+             f"{cfg.max_length}, {cfg.warmup_steps} warm-up + {cfg.steps} timed steps, median of {cfg.repeats} alternating rounds; "
              f"device {torch.cuda.get_device_name() if torch.cuda.is_available() else f'CPU, {torch.get_num_threads()} threads'}; "
-             "measured matmul peak " + ", ".join(f"{k} {v / 1e12:.3g} TFLOP/s" for k, v in peaks.items()), "",
-             "| model | data | precision | impl | pairs/s | tokens/s | padding | TFLOP/s | MFU | peak RSS MB | eval acc (pairs) | speed-up |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
+             "measured matmul peak " + ", ".join(f"{k} {v / 1e12:.3g} TFLOP/s" for k, v in peaks.items()), ""]
+    if pairs:
+        lines += ["| model | data | precision | impl | pairs/s | tokens/s | padding | TFLOP/s | MFU | peak RSS MB | eval acc (pairs) | speed-up |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in pairs:
         lines.append(f"| {r['model']} | {r['data']} | {r['precision']} | {r['impl']} | {r['pairs_per_s']:.2f} | "
                      f"{r['tokens_per_s']:.0f} | {r['padding_fraction']:.1%} | {r['flops_per_s'] / 1e12:.3f} | "
                      f"{r['mfu']:.1%} | {r['peak_rss_mb']:.0f} | {r['eval_acc']:.3f} ({r['eval_pairs']}) | {r['speedup']} |")
+    if sets:
+        lines += ["", *set_table(sets), "", "Response sets: the pair legs train on the same sets' untied pairs, as many "
+                  "sets a step; their sets/s is pairs/s over the pairs per set, responses/s is sets/s x K; pairs/s of "
+                  "rmlab_sets is at the same information (sets/s x pairs per set); speed-up: rmlab_sets sets/s over that "
+                  "leg's.", *describe(sets)]
     lines += ["", "tokens/s: non-pad tokens computed (a packed pair computes its prompt once); speed-up: rmlab "
               "pairs/s over that leg's. Legs:"]
     lines += sorted({f"- {r['impl']}: {r['notes']}" for r in results})
@@ -187,32 +204,44 @@ def main(cfg: DictConfig) -> None:
         for dataset in cfg.datasets:
             where = out / model / dataset
             where.mkdir(parents=True, exist_ok=True)
-            data = make_pairs(cfg, model, dataset, where)
+            if dataset in SET_DATASETS:
+                data = make_sets(cfg, OmegaConf.to_container(model_config(model).backbone), dataset, where)
+            else:
+                data = make_pairs(cfg, model, dataset, where)
             if data is None:
                 continue
-            runs: dict[str, list[dict]] = {impl: [] for impl in impls}
+            legs = (["rmlab_sets"] if "k" in data else []) + impls
+            reference = legs[0] if legs[0] in ("rmlab_sets", "rmlab") else None
+            runs: dict[str, list[dict]] = {impl: [] for impl in legs}
             for round_ in range(cfg.repeats):
-                for impl in impls:
+                for impl in legs:
                     leg_dir = where / f"{impl}-{round_}"
                     leg_dir.mkdir(exist_ok=True)
                     log.info("%s / %s: %s, round %d", model, dataset, impl, round_ + 1)
-                    if impl == "rmlab":
-                        result = rmlab_leg(cfg, model, data, precision, causal, leg_dir)
+                    if impl in ("rmlab", "rmlab_sets"):
+                        result = rmlab_leg(cfg, model, data, precision, causal, leg_dir, sets=impl == "rmlab_sets")
                     else:
                         result = baseline_leg(cfg, impl, data, precision, params, layers, hidden, causal, leg_dir)
-                    log.info("  %.2f pairs/s, %.0f tokens/s, eval acc %.3f", result["pairs_per_s"],
-                             result["tokens_per_s"], result["eval_acc"])
+                    if "k" in data:
+                        result = per_set(result, data, impl)
+                    log.info("  %.3f %s/s, %.0f tokens/s, eval acc %.3f", result.get("sets_per_s", result["pairs_per_s"]),
+                             "sets" if "k" in data else "pairs", result["tokens_per_s"], result["eval_acc"])
                     runs[impl].append(result)
             # Measured again after the legs: the peak is the best seen (a busy moment would understate it).
             peak = max(peak, matmul_peak_flops(device, dtype, fresh=True))
             rows = {impl: median_row(r) for impl, r in runs.items()}
+            speed = "sets_per_s" if "k" in data else "pairs_per_s"
             for impl, row in rows.items():
-                speedup = "" if impl == "rmlab" or "rmlab" not in rows else f"{rows['rmlab']['pairs_per_s'] / row['pairs_per_s']:.2f}x"
+                speedup = "" if impl == reference or reference is None else f"{rows[reference][speed] / row[speed]:.2f}x"
+                extra = ({key: data[key] for key in ("k", "pairs_per_set", "prompt_tokens_per_set", "response_tokens_per_set")}
+                         | {"train_sets": data["sets"]["train"], "sets_per_step": cfg.sets.batch_size} if "k" in data else {})
                 results.append({"model": model, "data": dataset, "precision": precision, "impl": impl, **row,
-                                "mfu": row["flops_per_s"] / peak, "speedup": speedup,
+                                "speedup": speedup,
                                 "runs_raw": [{k: v for k, v in r.items() if k != "notes"} for r in runs[impl]],
                                 "train_pairs": data["pairs"]["train"], "eval_pairs": data["pairs"]["test"],
-                                "dropped_over_max_length": data["dropped_over_max_length"]})
+                                "dropped_over_max_length": data["dropped_over_max_length"], **extra})
+            for result in results:  # every row against the best peak seen so far, the one bench.json gives
+                result["mfu"] = result["flops_per_s"] / peak
             text = report(results, {dtype: peak}, cfg)
             (out / "bench.md").write_text(text)
             (out / "bench.json").write_text(strict_json.dumps({"config": OmegaConf.to_container(cfg, resolve=True),

@@ -170,6 +170,9 @@ class PlackettLuceLoss(nn.Module):
         """rewards, scores: [B, K]; mask: [B, K] bool; weight: [B] or None -> scalar loss."""
         # [B, K(i), K(j)]: j is still in the running when i is chosen (not ranked above i).
         remaining = mask[:, None, :] & (scores[:, None, :] <= scores[:, :, None])
+        # An absent i (a set smaller than Kmax) may have no j left (all real scores above its 0): itself keeps
+        # its logsumexp finite, its term 0 (an empty row gave inf * 0 = NaN).
+        remaining |= torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)
         logits = rewards[:, None, :].expand_as(remaining).masked_fill(~remaining, float("-inf"))
         terms = rewards - torch.logsumexp(logits, dim=2)  # [B, K]
         per_set = -(terms * mask).sum(dim=1)  # [B]
