@@ -6,10 +6,10 @@ export WANDB_MODE ?= offline
 .PHONY: test test-fast lint docs-check
 
 test:       # the whole suite, as .ci/run runs it, in parallel workers (one per core, up to 4); the 15 slowest tests are listed at the end
-	$(PYTHON) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup --durations=15
+	$(PYTHON) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup --no-loadscope-reorder --durations=15
 
 test-fast:  # the inner loop: every test that runs neither the CLI nor a real Trainer
-	$(PYTHON) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup -m "not e2e"
+	$(PYTHON) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup --no-loadscope-reorder -m "not e2e"
 
 lint:       # ruff, with the settings of pyproject.toml
 	$(PYTHON) -m ruff check .

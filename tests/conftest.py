@@ -171,17 +171,17 @@ def pytest_collection_modifyitems(config, items):
     _group_for_workers(items)
 
 
-# -- parallel workers (pytest-xdist: `-n 2 --dist loadgroup`, as the README's test command runs) ---------------
+# -- parallel workers (pytest-xdist: `-n auto --dist loadgroup`, as the README's test command runs) -----------
 
-# Session runs read by tests of several modules, whose modules share a worker so the run happens once. Not the
-# CLI smoke run: it is short and read by six modules, which would make one group hold half the suite; each
-# worker runs it at most once.
-SHARED_RUNS = ("small_sweep",)
+# Session runs read by tests of several modules: their modules share a worker, so each run happens once.
+SHARED_RUNS = ("cli_smoke_run", "small_sweep")
 
 
-def _group_for_workers(items) -> None:
+def _group_for_workers(items: list) -> None:
     """One xdist group per test module (its module fixtures are built once), modules that read the same shared
-    run (SHARED_RUNS) in one group (the run happens once). Groups go whole to a worker; without -n nothing changes."""
+    run (SHARED_RUNS) in one group (the run happens once). Groups go whole to a worker, in the order they come:
+    the groups with the most `slow` tests first, so that no long group starts when the other worker is done.
+    Without -n the markers change nothing, and the order only moves whole modules."""
     group = {}  # module path -> the module path that names its group
     first_reader = {}  # shared run -> the first module reading it
 
@@ -195,8 +195,14 @@ def _group_for_workers(items) -> None:
         group.setdefault(module, module)
         for run in set(SHARED_RUNS) & set(getattr(item, "fixturenames", ())):
             group[root(module)] = root(first_reader.setdefault(run, module))
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(root(item.nodeid.split("::")[0])))
+    names = [root(item.nodeid.split("::")[0]) for item in items]
+    slow = {name: 0 for name in names}
+    for name, item in zip(names, items):
+        slow[name] += item.get_closest_marker("slow") is not None
+        item.add_marker(pytest.mark.xdist_group(name))
+    first = {name: i for i, name in reversed(list(enumerate(names)))}
+    order = sorted(range(len(items)), key=lambda i: (-slow[names[i]], first[names[i]], i))
+    items[:] = [items[i] for i in order]
 
 
 _running: list = []  # the test item being run (set up, called, torn down), if any
