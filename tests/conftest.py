@@ -175,11 +175,14 @@ def pytest_collection_modifyitems(config, items):
 
 # Session runs read by tests of several modules: their modules share a worker, so each run happens once.
 SHARED_RUNS = ("cli_smoke_run", "small_sweep")
+# Modules reading test_export's session cache of trained checkpoints and exports (trained_checkpoint,
+# exported_folder): on one worker, each of those trainings happens once.
+EXPORT_CACHE_READERS = ("test_export.py", "test_interop.py", "test_lora.py", "test_score.py")
 
 
 def _group_for_workers(items: list) -> None:
     """One xdist group per test module (its module fixtures are built once), modules that read the same shared
-    run (SHARED_RUNS) in one group (the run happens once). Groups go whole to a worker, in the order they come:
+    run (SHARED_RUNS, EXPORT_CACHE_READERS) in one group (the run happens once). Groups go whole to a worker, in the order they come:
     the groups with the most `slow` tests first, so that no long group starts when the other worker is done.
     Without -n the markers change nothing, and the order only moves whole modules."""
     group = {}  # module path -> the module path that names its group
@@ -193,7 +196,10 @@ def _group_for_workers(items: list) -> None:
     for item in items:
         module = item.nodeid.split("::")[0]
         group.setdefault(module, module)
-        for run in set(SHARED_RUNS) & set(getattr(item, "fixturenames", ())):
+        runs = set(SHARED_RUNS) & set(getattr(item, "fixturenames", ()))
+        if module.rsplit("/", 1)[-1] in EXPORT_CACHE_READERS:
+            runs.add("test_export's cache")
+        for run in runs:
             group[root(module)] = root(first_reader.setdefault(run, module))
     names = [root(item.nodeid.split("::")[0]) for item in items]
     slow = {name: 0 for name in names}
