@@ -162,6 +162,7 @@ def small_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 
 # -- markers: gpu tests skip without CUDA; e2e is checked, not trusted --------------------------------
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's hook, which reads the xdist_group markers set here
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA device (marker gpu)")
@@ -169,6 +170,19 @@ def pytest_collection_modifyitems(config, items):
             if item.get_closest_marker("gpu"):
                 item.add_marker(skip)
     _group_for_workers(items)
+
+
+class _SlowGroupsFirst:
+    """A second modifyitems hook, the last to run: after pytest's own reordering (by parametrized fixtures, kept
+    here within each group) and before pytest-xdist sends the collection to its scheduler."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items):
+        _slow_groups_first(items)
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_SlowGroupsFirst(), "rmlab-slow-groups-first")
 
 
 # -- parallel workers (pytest-xdist: `-n auto --dist loadgroup`, as the README's test command runs) -----------
@@ -182,9 +196,8 @@ EXPORT_CACHE_READERS = ("test_export.py", "test_interop.py", "test_lora.py", "te
 
 def _group_for_workers(items: list) -> None:
     """One xdist group per test module (its module fixtures are built once), modules that read the same shared
-    run (SHARED_RUNS, EXPORT_CACHE_READERS) in one group (the run happens once). Groups go whole to a worker, in the order they come:
-    the groups with the most `slow` tests first, so that no long group starts when the other worker is done.
-    Without -n the markers change nothing, and the order only moves whole modules."""
+    run (SHARED_RUNS, EXPORT_CACHE_READERS) in one group (the run happens once). Groups go whole to a worker, in
+    the order they come (_slow_groups_first). Without -n the markers change nothing."""
     group = {}  # module path -> the module path that names its group
     first_reader = {}  # shared run -> the first module reading it
 
@@ -201,11 +214,16 @@ def _group_for_workers(items: list) -> None:
             runs.add("test_export's cache")
         for run in runs:
             group[root(module)] = root(first_reader.setdefault(run, module))
-    names = [root(item.nodeid.split("::")[0]) for item in items]
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(root(item.nodeid.split("::")[0])))
+
+
+def _slow_groups_first(items: list) -> None:
+    """Reorder whole xdist groups, the groups with the most `slow` tests first, each keeping its tests' order."""
+    names = [item.get_closest_marker("xdist_group").args[0] for item in items]
     slow = {name: 0 for name in names}
     for name, item in zip(names, items):
         slow[name] += item.get_closest_marker("slow") is not None
-        item.add_marker(pytest.mark.xdist_group(name))
     first = {name: i for i, name in reversed(list(enumerate(names)))}
     order = sorted(range(len(items)), key=lambda i: (-slow[names[i]], first[names[i]], i))
     items[:] = [items[i] for i in order]
