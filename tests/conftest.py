@@ -197,7 +197,7 @@ EXPORT_CACHE_READERS = ("test_export.py", "test_interop.py", "test_lora.py", "te
 def _group_for_workers(items: list) -> None:
     """One xdist group per test module (its module fixtures are built once), modules that read the same shared
     run (SHARED_RUNS, EXPORT_CACHE_READERS) in one group (the run happens once). Groups go whole to a worker, in
-    the order they come (_slow_groups_first). Without -n the markers change nothing."""
+    the order they come (_slow_groups_first). Without -n, only that order of whole modules changes."""
     group = {}  # module path -> the module path that names its group
     first_reader = {}  # shared run -> the first module reading it
 
