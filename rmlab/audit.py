@@ -87,17 +87,14 @@ def regroup(flat: list[float], sets: list[dict]) -> list[list[float]]:
     return [[next(values) for _ in s["responses"]] for s in sets]
 
 
-def ensemble_proxies(members: list[list[list[float]]], aggregations: list[str], coef: float,
-                     member_name: str = "member_{}") -> dict[str, list]:
+def ensemble_proxies(members: dict[str, list[list[float]]], aggregations: list[str], coef: float) -> dict[str, list]:
     """{member name: rewards} and, for two or more members, one aggregated proxy per aggregation
-    (rmlab.model.ensemble.aggregate), each [set][response]. member_name: formatted with the member's
-    number, 1-based for checkpoints (member_1, ...), 0-based for heads (`head_{}`: head_0, ...)."""
+    (rmlab.model.ensemble.aggregate), each [set][response]; one member is the `proxy`."""
     if len(members) == 1:
-        return {"proxy": members[0]}
-    first = 0 if member_name.startswith("head") else 1
-    proxies = {member_name.format(i + first): rewards for i, rewards in enumerate(members)}
+        return {"proxy": next(iter(members.values()))}
+    proxies, rewards = dict(members), list(members.values())
     for how in aggregations:
-        proxies[how] = [aggregate(torch.tensor([m[s] for m in members]), how, coef).tolist() for s in range(len(members[0]))]
+        proxies[how] = [aggregate(torch.tensor([m[s] for m in rewards]), how, coef).tolist() for s in range(len(rewards[0]))]
     return proxies
 
 
@@ -124,12 +121,12 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     where = cfg.data.get("path") or f"{cfg.data.source._target_.rsplit('.', 1)[-1]}[{cfg.data.get('split', 'test')}]"
     checkpoints = [cfg.ckpt] if isinstance(cfg.ckpt, str) else list(cfg.ckpt)
     if len(checkpoints) == 1:  # a checkpoint of k heads (ensemble=heads): its heads are the members
-        members, name = score_sets(checkpoints[0], sets, cfg, all_heads=True), "head_{}"
+        members = {f"head_{h}": rewards for h, rewards in enumerate(score_sets(checkpoints[0], sets, cfg, all_heads=True))}
     else:  # separately trained models, each scoring as it does alone (a k-head one: its own aggregation)
-        members, name = [score_sets(path, sets, cfg) for path in checkpoints], "member_{}"
+        members = {f"member_{i}": score_sets(path, sets, cfg) for i, path in enumerate(checkpoints, start=1)}
     gold = [s["scores"] for s in sets] if cfg.gold == "data" else score_sets(cfg.gold, sets, cfg)
     lengths = [[len(r) for r in s["responses"]] for s in sets]  # characters
-    proxies = ensemble_proxies(members, list(cfg.ensemble.aggregations), cfg.ensemble.uncertainty_coef, name)
+    proxies = ensemble_proxies(members, list(cfg.ensemble.aggregations), cfg.ensemble.uncertainty_coef)
 
     curves = bon.bon_audit(proxies, gold, lengths, cfg.bon.max_n, cfg.bon.drop_tolerance)
     main_proxy = "proxy" if "proxy" in proxies else "mean"
@@ -142,7 +139,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
         "overrated": bon.overrated(proxies[main_proxy], gold, [s["responses"] for s in sets], cfg.bon.overrated),
     }
     if len(members) > 1:
-        report["uncertainty"] = uncertainty(members, gold)
+        report["uncertainty"] = uncertainty(list(members.values()), gold)
     for row in report["overrated"]:
         row["origin"] = sets[row["set"]]["origin"]
     title = f"Best-of-N audit: {', '.join(checkpoints)} on {where} (gold: {cfg.gold})"
