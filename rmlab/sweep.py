@@ -27,7 +27,9 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 
 METRICS = ["val/acc", "test/acc", "test/bias/length_balanced_acc", "test/bias/longer_shorter_gap",
-           "test/bias/length_spearman", "test/probe/mean_acc", "test/probe/heldout_mean_acc", "test/bias/ece", "wall_time_s"]
+           "test/bias/length_spearman", "test/probe/mean_acc", "test/probe/heldout_mean_acc", "test/bias/ece",
+           "test/sets/best_of_k_acc", "test/sets/regret", "test/sets/kendall_tau", "test/sets/rm_top_longest",
+           "test/sets/gold_top_longest", "wall_time_s"]
 LABELS = {  # column names in the Markdown table; other metrics keep their logged name
     "val/acc": "val acc",
     "test/acc": "test acc",
@@ -37,6 +39,11 @@ LABELS = {  # column names in the Markdown table; other metrics keep their logge
     "test/probe/mean_acc": "probe mean acc",
     "test/probe/heldout_mean_acc": "held-out probe acc",
     "test/bias/ece": "ECE",
+    "test/sets/best_of_k_acc": "best-of-K acc",
+    "test/sets/regret": "regret",
+    "test/sets/kendall_tau": "Kendall tau",
+    "test/sets/rm_top_longest": "RM top is longest",
+    "test/sets/gold_top_longest": "gold top is longest",
     "wall_time_s": "wall time (s)",
 }
 
@@ -122,7 +129,9 @@ def write_summary(sweep_dir: Path, metrics: Sequence[str] = METRICS, over: Seque
 def _markdown(sweep_dir: Path, jobs: list[dict], settings: list[dict], keys: list[str], metrics: Sequence[str],
               over: Sequence[str]) -> str:
     """The jobs table (a column per key that differs between jobs, the others listed once), then the
-    mean ± std table when a key of `over` was swept."""
+    mean ± std table when a key of `over` was swept. Metrics that no job reported (the pair metrics in a
+    sweep over response sets, the set metrics in one over pairs) are left out; the CSVs keep them."""
+    metrics = [m for m in metrics if any(m in job["summary"] for job in jobs)] or list(metrics)
     swept = [k for k in keys if len({job["overrides"].get(k) for job in jobs}) > 1]
     common = [f"{k}={jobs[0]['overrides'][k]}" for k in keys if k not in swept]
     labels = [LABELS.get(m, m) for m in metrics]

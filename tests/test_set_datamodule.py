@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from rmlab.data.batch import is_set_batch
-from rmlab.errors import ConfigError, DataError
+from rmlab.errors import DataError
 
 from test_datamodule import MINILM, datamodule, words, write_jsonl
 
@@ -64,14 +64,6 @@ def test_an_over_long_set_is_truncated_once_for_all_its_responses_or_dropped(tmp
     assert dm.stats["train"]["truncated_prompt"] == 1
     dm = datamodule(path, max_length=20, overlong="drop")
     assert (dm.stats["train"]["sets"], dm.stats["train"]["dropped"]) == (3, 1)
-
-
-def test_pair_only_options_are_refused_for_sets(tmp_path):
-    path = write_jsonl(tmp_path / "sets.jsonl", SETS)
-    with pytest.raises(ConfigError, match="data.length_matched works on pairs; this data is response sets"):
-        datamodule(path, length_matched=True)
-    with pytest.raises(ConfigError, match="data.augment works on pairs"):
-        datamodule(path, augment={"share": 0.5, "kinds": ["filler"]})
 
 
 def test_set_format_named_and_a_pairs_file_stays_pairs(tmp_path):

@@ -15,6 +15,12 @@ until every cue is balanced.
     signs = cue_signs(train, ["length", "markdown_list"])
     weights = balance_weights(signs)          # mean 1; the loss weighs pairs by them (reweight) or
                                               # the sampler draws pairs in proportion (resample)
+
+Response sets (K responses with gold scores; a pair is the set K = 2) are balanced as a whole: a
+set's sign for a cue is the sign of sum over its ordered pairs (response i scored above j) of
+sign(cue_i - cue_j), i.e. +1 when its better responses mostly have more of the cue (the sign of
+Kendall's tau between cue and score). Its length gap is the mean over those pairs of
+log(tokens_i / tokens_j). For K = 2 both are the pair's.
 """
 
 from __future__ import annotations
@@ -43,7 +49,10 @@ def check_cues(cues: Sequence[str]) -> list[str]:
 
 def cue_signs(pairs: Dataset, cues: Sequence[str]) -> torch.Tensor:
     """[pairs, cues] in {-1, 0, +1}: sign(cue of chosen - cue of rejected). Length counts the
-    response tokens the model reads; a pattern counts as 1 when its detector finds it."""
+    response tokens the model reads; a pattern counts as 1 when its detector finds it. Response sets
+    (a `scores` column): per set, the sign of sum over ordered pairs of sign(cue_i - cue_j) (module doc)."""
+    if "scores" in pairs.column_names:
+        return _set_cue_signs(pairs, check_cues(cues))
     columns = []
     for cue in check_cues(cues):
         if cue == "length":
@@ -54,6 +63,22 @@ def cue_signs(pairs: Dataset, cues: Sequence[str]) -> torch.Tensor:
             rejected = [int(found(text)) for text in pairs["rejected"]]
         columns.append(torch.sign(torch.tensor(chosen, dtype=torch.float64) - torch.tensor(rejected, dtype=torch.float64)))
     return torch.stack(columns, dim=1)
+
+
+def _ordered_pairs(scores: Sequence[float]) -> list[tuple[int, int]]:
+    """(i, j) for every response i of a set scored above response j."""
+    return [(i, j) for i, si in enumerate(scores) for j, sj in enumerate(scores) if si > sj]
+
+
+def _set_cue_signs(sets: Dataset, cues: list[str]) -> torch.Tensor:
+    signs = torch.zeros(len(sets), len(cues), dtype=torch.float64)
+    for b, row in enumerate(sets.select_columns(["responses", "scores", "response_tokens"])):
+        pairs = _ordered_pairs(row["scores"])
+        for c, cue in enumerate(cues):
+            amount = row["response_tokens"] if cue == "length" else [int(PATTERNS[cue](text)) for text in row["responses"]]
+            concordance = sum((amount[i] > amount[j]) - (amount[i] < amount[j]) for i, j in pairs)
+            signs[b, c] = (concordance > 0) - (concordance < 0)
+    return signs
 
 
 def balance_weights(signs: torch.Tensor, cues: Sequence[str] | None = None, tolerance: float = 1e-9,
@@ -104,7 +129,16 @@ def chosen_longer_share(pairs: Dataset, weights: torch.Tensor | None = None) -> 
 
 
 def length_gaps(pairs: Dataset) -> torch.Tensor:
-    """log(chosen response tokens / rejected response tokens) per pair: > 0 when chosen is longer."""
+    """log(chosen response tokens / rejected response tokens) per pair: > 0 when chosen is longer.
+    Response sets: per set, the mean of log(tokens_i / tokens_j) over its ordered pairs (i scored above j;
+    0 for a set of ties only)."""
+    if "scores" in pairs.column_names:
+        gaps = []
+        for row in pairs.select_columns(["scores", "response_tokens"]):
+            tokens = [max(t, 1) for t in row["response_tokens"]]
+            logs = [math.log(tokens[i] / tokens[j]) for i, j in _ordered_pairs(row["scores"])]
+            gaps.append(sum(logs) / len(logs) if logs else 0.0)
+        return torch.tensor(gaps, dtype=torch.float64)
     chosen = torch.tensor(pairs["chosen_response_tokens"], dtype=torch.float64).clamp(min=1)
     rejected = torch.tensor(pairs["rejected_response_tokens"], dtype=torch.float64).clamp(min=1)
     return torch.log(chosen / rejected)
@@ -119,6 +153,8 @@ def length_matched_batches(gaps: torch.Tensor, batch_size: int, generator: torch
     loss by rewarding length; the minority side is drawn again as often as needed (oversampling).
     Pairs of equal length carry no length signal and fill either side. The halves alternate in blocks
     of `ranks` pairs, so every DDP rank's share of a global batch (every `ranks`-th pair) is balanced too.
+    Response sets are batched the same way by their mean gap (length_gaps): half the sets of a batch
+    favour longer responses, half shorter ones.
     """
     n = len(gaps)
     if not (gaps > 0).any() or not (gaps < 0).any():

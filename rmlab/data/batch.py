@@ -35,6 +35,9 @@ rmlab.data.set_collate, and carry instead of the pair keys above:
     response_mask    [B, Kmax] bool    True where set b has a response k
     set_rows         [B, Kmax] int64   padded layout only: the row of response k of set b (-1 where absent);
                                        rows are set-major (set 0's responses, then set 1's, ...)
+    response_tokens  [B, Kmax] int64   tokens of each response (0 where absent), for the length-aware losses
+
+`index` and `weight` are as for pairs, one per set.
 
 In the packed layout `segments` marks the prompt 0 and response k with k + 1. The model's rewards
 for a set batch are [B, Kmax] (RewardModel.set_rewards).

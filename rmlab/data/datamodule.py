@@ -293,14 +293,14 @@ class PreferenceDataModule(L.LightningDataModule):
         self.splits.update({split: tokenize(normalised[split], split) for split in needed})
         if self.rejects:
             self._report_rejects()
-        if "train" in needed and not self.sets:
+        if "train" in needed:
             self.stats["train"]["augmented"] = added
             self._balance(self.splits["train"])
 
     # -- response sets ---------------------------------------------------------------------
     def _holds_sets(self, raw: dict[str, Dataset | None]) -> bool:
         """Is the data response sets? data.format says so, or (auto) the first readable row of the
-        first split looks like one (rmlab.data.response_sets.is_set_row). Pair-only options stop here."""
+        first split looks like one (rmlab.data.response_sets.is_set_row)."""
         if self.format != "auto":
             sets = self.format in SET_FORMATS
         else:
@@ -308,12 +308,6 @@ class PreferenceDataModule(L.LightningDataModule):
             from_file = "raw" in first.column_names and "origin" in first.column_names
             row = next((json.loads(r["raw"]) for r in first if not r["problem"]), {}) if from_file else first[0]
             sets = isinstance(row, dict) and is_set_row(row, self.columns)
-        if sets:
-            pair_only = [name for name, on in (("data.augment", self.augment["share"]), ("data.length_matched", self.length_matched),
-                                               ("data.balance", self.balance["method"] != "none")) if on]
-            if pair_only:
-                raise ConfigError(f"{pair_only[0]} works on pairs; this data is response sets (K responses per prompt). "
-                                  "Leave it off, or expand the sets into pairs: python -m rmlab.data.response_sets pairs <sets> <pairs>")
         return sets
 
     def _read_sets(self, raw: Dataset, origin: str, split: str) -> Dataset:
@@ -335,23 +329,35 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def _augment(self, train: Dataset) -> tuple[Dataset, int]:
         """Train pairs plus counterfactual pairs made from them (rmlab.data.augment); only train pairs
-        are rewritten, so the evaluation probes of val/test stay held out."""
+        are rewritten, so the evaluation probes of val/test stay held out. Response sets: each set
+        lends its best and worst response as the pair to rewrite (a set of ties only lends none), and
+        each counterfactual pair becomes a set of 2, the intact best response scored as the set's best,
+        the rewrite as its worst."""
         if "augment" in train.column_names:
             raise DataError(f"{getattr(self.source, 'describe', lambda split: split)('train')}: the data has a column "
                             "named 'augment', the name data.augment marks its pairs with; rename that column")
-        extra = augment_pairs(train.to_list(), self.augment["share"], self.augment["kinds"], self.seed)
+        rows = train.to_list()
+        if self.sets:
+            rows = [{**row, "chosen": row["responses"][row["scores"].index(max(row["scores"]))],
+                     "rejected": row["responses"][row["scores"].index(min(row["scores"]))]}
+                    for row in rows if max(row["scores"]) > min(row["scores"])]
+        extra = augment_pairs(rows, self.augment["share"], self.augment["kinds"], self.seed)
+        if self.sets:
+            extra = [{**{k: v for k, v in pair.items() if k not in ("chosen", "rejected")},
+                      "responses": [pair["chosen"], pair["rejected"]], "scores": [max(pair["scores"]), min(pair["scores"])]}
+                     for pair in extra]
         if "label_margin" in train.column_names:  # the source pair's margin was set for its own rejected answer
             extra = [{**pair, "label_margin": 0.0} for pair in extra]
-        log.info("train: %d counterfactual pairs added (data.augment: share %s of %s)", len(extra),
-                 self.augment["share"], list(self.augment["kinds"]))
+        log.info("train: %d counterfactual %s added (data.augment: share %s of %s)", len(extra),
+                 "sets of 2" if self.sets else "pairs", self.augment["share"], list(self.augment["kinds"]))
         train = train.add_column("augment", [""] * len(train))
         if not extra:
             return train, 0
         return concatenate_datasets([train, Dataset.from_list(extra, features=train.features)]), len(extra)
 
     def _balance(self, train: Dataset) -> None:
-        """data.balance: per-pair weights under which no balanced cue predicts the chosen side
-        (reweight: a `balance_weight` column the loss reads; resample: the sampler draws by them)."""
+        """data.balance: per-pair (or per-set: rmlab.data.balance) weights under which no balanced cue predicts
+        the chosen side (reweight: a `balance_weight` column the loss reads; resample: the sampler draws by them)."""
         method, cues = self.balance["method"], self.balance["cues"]
         signs = cue_signs(train, cues)
         stats = self.stats["train"]
@@ -363,9 +369,9 @@ class PreferenceDataModule(L.LightningDataModule):
         self.train_weights = balance_weights(signs, cues)
         stats["balance_effective_pairs"] = round(effective_pairs(self.train_weights), 1)
         stats["balance_max_weight"] = round(float(self.train_weights.max()), 3)
-        log.info("train: data.balance=%s on %s: weights %.3g..%.3g, worth %.0f of %d pairs", method, cues,
+        log.info("train: data.balance=%s on %s: weights %.3g..%.3g, worth %.0f of %d %s", method, cues,
                  float(self.train_weights.min()), float(self.train_weights.max()),
-                 stats["balance_effective_pairs"], len(train))
+                 stats["balance_effective_pairs"], len(train), "sets" if self.sets else "pairs")
         if method == "reweight":
             self.splits["train"] = train.add_column("balance_weight", self.train_weights.tolist())
 
@@ -399,7 +405,8 @@ class PreferenceDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         full = self.splits[split]
         if self.sets:
-            columns = ["index", "input_ids", "scores", "response_tokens"]
+            columns = ["index", "input_ids", "scores", "response_tokens",
+                       *(["balance_weight"] if "balance_weight" in full.column_names else [])]
         else:
             columns = ["index", "chosen_input_ids", "rejected_input_ids", "chosen_response_tokens", "rejected_response_tokens",
                        *(["label_margin"] if self.columns["margin"] else []),

@@ -22,17 +22,25 @@ from rmlab.data.collate import PairCollator, pack_set, packed_batch
 
 
 def _set_extras(features: list[dict[str, Any]], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """scores [B, Kmax] float32 (0 where absent), response_mask [B, Kmax] bool, index [B] if given."""
+    """scores [B, Kmax] float32 (0 where absent), response_mask [B, Kmax] bool; if the features have them,
+    index [B], response_tokens [B, Kmax] int64 (0 where absent) and weight [B] float32 (balance_weight)."""
     k_max = max(len(f["input_ids"]) for f in features)
     scores = torch.zeros(len(features), k_max)
     mask = torch.zeros(len(features), k_max, dtype=torch.bool)
+    tokens = torch.zeros(len(features), k_max, dtype=torch.long)
     for b, feature in enumerate(features):
         k = len(feature["input_ids"])
         scores[b, :k] = torch.tensor([float(s) for s in feature["scores"]])
         mask[b, :k] = True
+        if "response_tokens" in feature:
+            tokens[b, :k] = torch.tensor(feature["response_tokens"])
     batch["scores"], batch["response_mask"] = scores, mask
+    if "response_tokens" in features[0]:
+        batch["response_tokens"] = tokens
     if "index" in features[0]:
         batch["index"] = torch.tensor([int(f["index"]) for f in features])
+    if "balance_weight" in features[0]:  # data.balance.method=reweight
+        batch["weight"] = torch.tensor([float(f["balance_weight"]) for f in features])
     return batch
 
 

@@ -41,8 +41,8 @@ def tokenize_sets(sets: Dataset, split: str, settings: dict[str, Any], on_bad_ro
                   read_stats: dict[str, int]) -> tuple[Dataset, dict[str, int], list[dict]]:
     """(the kept sets with input_ids, response_tokens and an `index` column; the split's stats; the
     sets set aside as bad rows). `settings`: tokenize_set's tokenizer, max_length, overlong,
-    chat_template, frame. Raises DataError for a same-ids set under on_bad_row=error, or when no
-    set is left."""
+    chat_template, frame. Raises DataError for a same-ids set under on_bad_row=error (a counterfactual
+    set of data.augment is set aside whatever the policy, as a pair is), or when no set is left."""
     tokenized = sets.map(tokenize_set_row, fn_kwargs=settings, desc=f"tokenizing {split}")
     kept = tokenized.filter(lambda keep: keep, input_columns="keep")
     same = [i for i, flag in enumerate(kept["same_ids"]) if flag]
@@ -51,7 +51,8 @@ def tokenize_sets(sets: Dataset, split: str, settings: dict[str, Any], on_bad_ro
         row = kept[i]
         problem = ("two responses with different scores become the same token ids (the tokenizer reads them alike), "
                    "so the set contradicts itself")
-        bad_row(on_bad_row, row["origin"], problem)
+        if not row.get("augment"):  # a counterfactual set (data.augment) is rmlab's own: always set aside
+            bad_row(on_bad_row, row["origin"], problem)
         rejects.append({"split": split, "origin": row["origin"], "reason": "same_ids", "problem": problem,
                         "row": {k: row[k] for k in ("responses", "scores")}})
     if same:
@@ -62,7 +63,8 @@ def tokenize_sets(sets: Dataset, split: str, settings: dict[str, Any], on_bad_ro
     stats = {
         "sets": len(kept),
         "responses": sum(len(r) for r in kept["responses"]),
-        "k_min": read_stats.get("k_min", 0), "k_max": read_stats.get("k_max", 0), "all_tied": read_stats.get("all_tied", 0),
+        "k_min": min(map(len, kept["responses"]), default=0), "k_max": max(map(len, kept["responses"]), default=0),
+        "all_tied": read_stats.get("all_tied", 0),
         "truncated_prompt": sum(tokenized["prompt_truncated"]),
         "truncated_response": sum(tokenized["response_truncated"]),
         "dropped": len(tokenized) - len(kept) - len(same),

@@ -101,8 +101,15 @@ class OdinLoss(BradleyTerryLoss):
         if reward_chosen.dim() == 1:
             return super().forward(reward_chosen, reward_rejected, label_margin, weight)
         loss = super().forward(reward_chosen.sum(-1), reward_rejected.sum(-1), label_margin, weight, response_tokens)
+        return loss + self.disentangle(torch.cat([reward_chosen, reward_rejected]), response_tokens, head_weight)
+
+    def disentangle(self, outputs: torch.Tensor, response_tokens: torch.Tensor | None = None,
+                    head_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The ODIN terms beyond Bradley-Terry, a 0-d tensor: outputs [N, 2] (quality, length) of N responses,
+        response_tokens [N], head_weight [2, hidden]; a term whose input is None is left out."""
+        loss = outputs.sum() * 0.0
         if response_tokens is not None and self.length_coef:
-            quality, length = torch.cat([reward_chosen, reward_rejected]).unbind(-1)
+            quality, length = outputs.unbind(-1)
             loss = loss + self.length_coef * (batch_correlation(quality, response_tokens).abs()
                                               - batch_correlation(length, response_tokens))
         if head_weight is not None and self.orthogonal_coef:
@@ -124,6 +131,23 @@ def ordered_pairs(scores: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tenso
     upper = torch.ones(scores.shape[1], scores.shape[1], dtype=torch.bool, device=scores.device).triu(1)
     tied = both & (scores[:, :, None] == scores[:, None, :]) & upper
     return better, tied
+
+
+def set_penalties(pair_loss: BradleyTerryLoss, rewards: torch.Tensor, mask: torch.Tensor,
+                  response_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """model.loss's centering and length terms on a set batch, as BradleyTerryLoss adds them to a pair batch:
+
+        center_rewards_coef * mean_b (sum_k r_b,k)^2 + length_penalty_coef * corr(r, response tokens)^2
+
+    the correlation over the batch's real responses (mask). rewards [B, K]; mask [B, K] bool;
+    response_tokens [B, K] or None (no length term) -> 0-d tensor. For K = 2 these are the pair terms
+    (Eisenstein et al. 2023, arXiv 2312.09244; Shen et al. 2023, arXiv 2310.05199)."""
+    loss = rewards.sum() * 0.0
+    if pair_loss.center_rewards_coef:
+        loss = loss + pair_loss.center_rewards_coef * ((rewards * mask).sum(dim=1) ** 2).mean()
+    if pair_loss.length_penalty_coef and response_tokens is not None:
+        loss = loss + pair_loss.length_penalty_coef * batch_correlation(rewards[mask], response_tokens[mask]) ** 2
+    return loss
 
 
 def set_pair_counts(scores: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

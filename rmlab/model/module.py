@@ -26,7 +26,7 @@ from rmlab.model import optim
 from rmlab.model.backbone import apply_lora, load_backbone
 from rmlab.model.eval_store import EvalRewardStore, EvalSetStore, ScoredPairs, ScoredSets
 from rmlab.model.heads import HeadEnsemble
-from rmlab.model.loss import AllPairsBradleyTerryLoss, ordered_pairs
+from rmlab.model.loss import AllPairsBradleyTerryLoss, ordered_pairs, set_penalties
 from rmlab.model.nonfinite import check_policy, nonfinite_problem
 
 log = logging.getLogger(__name__)
@@ -238,9 +238,6 @@ class RewardModel(L.LightningModule):
         """Rewards [B, Kmax] of a response-set batch (rmlab.data.set_collate; 0 where a set has fewer
         responses; [B, Kmax, heads] with all_heads) and the token positions computed. Packed: each set's
         prompt is computed once and every response pooled over the prompt and itself; padded: one row per response."""
-        if getattr(self.loss_fn, "num_heads", 1) > 1:
-            raise ConfigError(f"a {type(self.loss_fn).__name__} reward model has {self.head.out_features} heads, which "
-                              "response sets do not train; leave debias=odin off for response sets")
         if "segments" in batch:
             hidden = self._packed_hidden(batch["input_ids"], batch["segments"], batch["position_ids"])
             masks = response_masks(batch["segments"], batch["response_mask"].shape[1])  # [B, K, L]
@@ -258,17 +255,39 @@ class RewardModel(L.LightningModule):
 
     def _set_outputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
         """_set_step's three, and with ensemble=heads every head's rewards [B, Kmax, heads] (else None):
-        the loss is then the mean over heads of each head's set loss, on its bootstrap weights while training."""
-        scores, mask = batch["scores"], batch["response_mask"]
+        the loss is then the mean over heads of each head's set loss, on its bootstrap weights while training.
+        OdinLoss (debias=odin): the set loss of the summed heads plus its disentangling terms; the reward is
+        the quality head's."""
+        mask, tokens = batch["response_mask"], batch.get("response_tokens")
+        if self.training and self.loss_fn.label_smoothing:  # evaluating sets with a label-smoothed pair model is fine
+            raise ConfigError("model.loss.label_smoothing smooths the label of a pair; the set losses (set_loss=...) "
+                              "have no such option: leave it 0 for response sets")
+        if self.ensemble is None and self.head.out_features > 1:
+            outputs, positions = self.set_rewards(batch, all_heads=True)  # [B, Kmax, 2]: quality, length
+            loss = (self._set_loss(outputs.sum(-1), batch, batch.get("weight"))
+                    + self.loss_fn.disentangle(outputs[mask], None if tokens is None else tokens[mask], self.head.weight))
+            return loss, outputs[..., 0], positions, None
         if self.ensemble is None:
             rewards, positions = self.set_rewards(batch)
-            return self.set_loss_fn(rewards, scores, mask), rewards, positions, None
+            return self._set_loss(rewards, batch, batch.get("weight")), rewards, positions, None
         outputs, positions = self.set_rewards(batch, all_heads=True)
         boot = self.ensemble.weights(batch.get("index")) if self.training else None
-        loss = torch.stack([self.set_loss_fn(outputs[..., h], scores, mask, weight=None if boot is None else boot[:, h])
-                            for h in range(self.ensemble.heads)]).mean()
+        losses = []
+        for h in range(self.ensemble.heads):
+            weight = batch.get("weight")
+            if boot is not None:
+                weight = boot[:, h] if weight is None else weight * boot[:, h]
+            losses.append(self._set_loss(outputs[..., h], batch, weight))
+        loss = torch.stack(losses).mean()
         rewards = self.ensemble.reward(outputs.flatten(0, 1)).view(mask.shape).masked_fill(~mask, 0)
         return loss, rewards, positions, outputs
+
+    def _set_loss(self, rewards: torch.Tensor, batch: Batch, weight: torch.Tensor | None) -> torch.Tensor:
+        """The set loss of rewards [B, Kmax] with per-set weights [B] (or None), plus model.loss's centering and
+        length terms (set_penalties), as a pair batch gets them."""
+        mask = batch["response_mask"]
+        return (self.set_loss_fn(rewards, batch["scores"], mask, weight=weight)
+                + set_penalties(self.loss_fn, rewards, mask, batch.get("response_tokens")))
 
     def _log_heads(self, stage: str, margins: torch.Tensor | None, outputs: torch.Tensor, groups: int,
                    accuracy: Callable[[int], torch.Tensor] | None = None) -> None:
