@@ -64,6 +64,17 @@ def test_summary_of_hand_made_jobs_lists_every_job_and_averages_over_seeds(tmp_p
         ("last", "2", "0", "0.5", repr(math.sqrt(0.125))), ("mean", "1", "1", "0.5", "")]
 
 
+def test_the_markdown_shows_the_metrics_the_jobs_report_pairs_or_sets(tmp_path):
+    sets = {"val/acc": 0.5, "test/acc": 0.625, "test/sets/best_of_k_acc": 0.25, "test/sets/rm_top_longest": 0.75}
+    _job(tmp_path, "0", ["data=synthetic_sets", "debias=none"], sets)
+    _job(tmp_path, "1", ["data=synthetic_sets", "debias=odin"], {**sets, "test/sets/best_of_k_acc": 0.5})
+    markdown = write_summary(tmp_path).read_text()
+    assert "| job | debias | status | val acc | test acc | best-of-K acc | RM top is longest |" in markdown
+    assert "| 1 | odin | ok | 0.500 | 0.625 | 0.500 | 0.750 |" in markdown
+    header = next(csv.reader((tmp_path / "sweep_summary.csv").open()))
+    assert header[-2:] == ["test/sets/gold_top_longest", "wall_time_s"]  # the CSV keeps every metric
+
+
 def test_a_job_whose_summary_lacks_its_metrics_is_not_ok_and_says_why(tmp_path):
     # As `-m pooling=last,mean trainer.max_steps=3` left them before a final validation existed: training
     # ended before the first validation, so val/acc and test/acc are NaN (null in strict JSON) and no checkpoint.
