@@ -1,14 +1,17 @@
 """Response sets end to end: one short training on synthetic sets (MiniLM, Plackett-Luce, one row per
-response; stopped halfway and continued from its checkpoint), then every command reads its checkpoint: evaluate on a set file, the best-of-N audit (an
-ensemble with the pair-trained smoke run, and a gold-equal proxy), scoring a set file."""
+response; its first half on 2 DDP processes, continued from that checkpoint in one), then every command
+reads its checkpoint: evaluate on a set file, the best-of-N audit (an ensemble with the pair-trained smoke
+run, and a gold-equal proxy), scoring a set file."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
 
 from rmlab.audit import audit
+from rmlab.evaluate import evaluate
 from rmlab.score import score
 
 from conftest import compose_entry, run_cli
@@ -27,12 +30,13 @@ SETS = [
 
 @pytest.fixture(scope="session")
 def set_run(tmp_path_factory):
-    """`python -m rmlab.train data=synthetic_sets ...` stopped after 3 of its 6 steps (last.ckpt kept), then
-    continued from that checkpoint in a second run dir, as a resumed set training: its run dir, summary and
-    best checkpoint."""
+    """`python -m rmlab.train data=synthetic_sets ...` on 2 DDP processes of 2 sets each, stopped after 3 of its
+    6 steps (last.ckpt kept; run dir <base>/first), then continued from that checkpoint in one process of 4 sets
+    (the same sets per step), as a resumed set training: its run dir, summary and best checkpoint."""
     base = tmp_path_factory.mktemp("set_run")
     first, run_dir = base / "first", base / "run"
-    result = run_cli("rmlab.train", [*SET_RUN, "trainer.max_steps=3", "callbacks.last_checkpoint.every_n_train_steps=3",
+    result = run_cli("rmlab.train", [*(o for o in SET_RUN if o != "data.batch_size=4"), "data.batch_size=2", "trainer.devices=2",
+                                     "trainer.max_steps=3", "callbacks.last_checkpoint.every_n_train_steps=3",
                                      "callbacks.keep_after_fit.keep_last=true", "test_after_fit=false",
                                      f"hydra.run.dir={first}"], base)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -66,6 +70,27 @@ def test_training_on_response_sets_reports_sets(set_run):
     assert report["sets"] == 12 and report["best_of_n"]["ns"] == [1, 2, 4]
     assert report["best_of_n"]["curves"]["gold"] == pytest.approx([0.25, 0.5, 1.0])
     assert "## Best-of-N" in (run_dir / "report.md").read_text() and (run_dir / "bon.png").stat().st_size > 0
+
+
+@pytest.mark.e2e
+@pytest.mark.multiprocess
+def test_two_ranks_train_whole_sets_and_score_the_whole_val_split_as_one_process_does(set_run, tmp_path):
+    run_dir, _, _ = set_run
+    first = run_dir.parent / "first"
+    assert sorted(p.name for p in first.glob("*.log")) == ["train.log", "train_ddp_process_1.log"]
+    two_ranks = json.loads((first / "summary.json").read_text())
+    assert (two_ranks["train/steps"], two_ranks["train/pairs_seen"]) == (3, 12)  # 3 steps of 2 sets on each of 2 ranks
+    logged = {k: float(v) for row in csv.DictReader((first / "csv" / "metrics.csv").open())
+              for k, v in row.items() if k.startswith("val/") and v}
+    # The same checkpoint evaluated in this process, on one device: the val split's 8 sets gathered whole.
+    report = evaluate(compose_entry("evaluate", [f"ckpt={two_ranks['best_checkpoint']}", "split=val", "logger=csv"],
+                                    tmp_path / "evaluate"))
+    assert report["sets"] == 8 and report["responses"] == 32
+    for metric in ("best_of_k_acc", "kendall_tau", "spearman", "regret"):
+        assert logged[f"val/sets/{metric}"] == pytest.approx(report["metrics"][metric], abs=1e-6), metric
+    one = {k: float(v) for row in csv.DictReader((tmp_path / "evaluate" / "csv" / "metrics.csv").open())
+           for k, v in row.items() if k == "val/acc" and v}
+    assert logged["val/acc"] == two_ranks["val/acc"] == pytest.approx(one["val/acc"], abs=1e-6)
 
 
 @pytest.mark.e2e
