@@ -3,7 +3,10 @@
 The console shows rmlab's own lines (and any error), a progress bar with the loss and accuracy, and
 a short summary at the end; train.log (Hydra's job log, conf/hydra/job_logging/rmlab.yaml) keeps
 everything, library warnings and tips included, plus a line of training metrics every N steps and
-the validation metrics at every validation.
+the validation metrics at every validation (the progress bar and those lines: rmlab.progress).
+
+Hydra sets up the job log from this module before the command runs, so it imports no Lightning,
+torch or transformers: `python -m rmlab.train` answers a config error in about a second.
 """
 
 from __future__ import annotations
@@ -12,8 +15,6 @@ import logging
 import os
 from pathlib import Path
 
-import lightning as L
-from lightning.pytorch.callbacks import TQDMProgressBar
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,22 @@ class TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+# Libraries that print through handlers of their own (Lightning adds one to "lightning" when imported,
+# transformers one to "transformers"); conf/hydra/job_logging/rmlab.yaml sends them through root.
+LIBRARY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "transformers")
+
+
+def route_library_logs() -> None:
+    """Send LIBRARY_LOGGERS' records through root, where ConsoleFilter keeps them off the console and
+    train.log gets them: what the job-logging config does for loggers that exist when Hydra sets it up,
+    done again for those created later (rmlab.train imports Lightning after that, to answer config
+    errors fast)."""
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+
+
 def quiet_libraries() -> None:
     """Route Python warnings into logging (so they reach train.log, not the console), turn off the
     progress bars that datasets and transformers draw for every map, filter and weight load, and W&B's
@@ -61,49 +78,6 @@ def quiet_libraries() -> None:
     logging.captureWarnings(True)
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
-
-
-class ProgressBar(TQDMProgressBar):
-    """Lightning's tqdm bar showing the training loss and accuracy (of the last logged step) and the
-    latest val/acc, without the logger's version number."""
-
-    SHOWN = {"loss": "train/loss", "acc": "train/acc", "val_acc": "val/acc"}
-
-    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, str]:
-        metrics = trainer.progress_bar_metrics
-        return {label: f"{float(metrics[key]):.3f}" for label, key in self.SHOWN.items() if key in metrics}
-
-
-class TrainLog(L.Callback):
-    """train.log gets `step S/T epoch E: train/loss ... train/acc ...` every `every_n_steps` optimizer
-    steps (file only), and `validation at step S: val/acc ...` after every validation (console too)."""
-
-    TRAIN_KEYS = ("train/loss", "train/acc", "train/margin", "train/pairs_per_s")
-    VAL_KEYS = ("val/loss", "val/acc", "val/margin", "val/bias/length_balanced_acc", "val/bias/length_spearman",
-                "val/probe/mean_acc")
-
-    def __init__(self, every_n_steps: int = 25) -> None:
-        self.every_n_steps = every_n_steps
-        self._last_logged = -1
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
-        step = trainer.global_step
-        if step == 0 or step == self._last_logged or step % self.every_n_steps or not trainer.is_global_zero:
-            return  # with gradient accumulation several batches end on one step: log it once
-        self._last_logged = step
-        total = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
-        log.info("step %d/%d epoch %d: %s", step, total, trainer.current_epoch,
-                 _metrics(trainer.callback_metrics, self.TRAIN_KEYS), extra=FILE_ONLY)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        log.info("validation at step %d (epoch %d): %s", trainer.global_step, trainer.current_epoch,
-                 _metrics(trainer.callback_metrics, self.VAL_KEYS))
-
-
-def _metrics(values: dict, keys: tuple[str, ...]) -> str:
-    return "  ".join(f"{key} {float(values[key]):.4g}" for key in keys if key in values)
 
 
 def end_summary(summary: dict, run_dir: Path) -> list[str]:

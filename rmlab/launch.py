@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
@@ -36,6 +35,8 @@ def check_launch(cfg: DictConfig) -> None:
     if isinstance(devices, ListConfig):  # GPU ids
         processes = len(devices)
     elif str(devices) in ("auto", "-1"):  # every device of the accelerator; on CPU, "auto" is one
+        import torch  # here: `python -m rmlab.train` answers a bad override before torch is imported
+
         processes = torch.cuda.device_count() if str(trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda") else 1
     else:  # a count, or GPU ids as "0,1"
         processes = int(devices) if str(devices).isdigit() else len(str(devices).split(","))

@@ -9,39 +9,39 @@ import warnings
 from pathlib import Path
 
 import hydra
-import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from rmlab import strict_json
-from rmlab.checkpoint import RunRecord
 from rmlab.config import CONFIG_DIR
-from rmlab.console import FILE_ONLY, end_summary, quiet_libraries
 from rmlab.errors import ConfigError
-from rmlab.hardware import best_precision
-from rmlab.launch import (
-    check_launch,
-    check_shared_run_dir,
-    name_sweep_run,
-    resume_checkpoint,
-    resumed_logger_settings,
-    short_user_errors,
-    start_logger,
-)
-from rmlab.preflight import check_config, check_disk_space, check_split_sizes
-from rmlab.throughput import KEYS as THROUGHPUT_KEYS
+from rmlab.launch import check_launch, check_shared_run_dir, short_user_errors
+
+# Lightning, torch, transformers and the modules that import them are imported by train(), not here: `--help`,
+# a bad override and the launch checks answer in about a second instead of the five that importing them takes.
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict:
     """Fit, test the best checkpoint, write summary.json into the run dir; return the summary."""
+    from rmlab.preflight import check_config, check_disk_space, check_split_sizes
+
     start = time.time()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    check_config(cfg, run_dir)  # unknown keys, devices, pooling, writable dirs: before anything is built
+    check_config(cfg, run_dir)  # unknown keys, devices, pooling, writable dirs: before anything is built (or imported)
+    import lightning as L
+    import torch
+    from lightning.pytorch.loggers import WandbLogger
+
+    from rmlab import strict_json
+    from rmlab.checkpoint import RunRecord
+    from rmlab.console import FILE_ONLY, end_summary, route_library_logs
+    from rmlab.hardware import best_precision
+    from rmlab.launch import name_sweep_run, resume_checkpoint, resumed_logger_settings, start_logger
+    from rmlab.throughput import KEYS as THROUGHPUT_KEYS
+
+    route_library_logs()  # Lightning and transformers were imported after Hydra set up the job's logging
     L.seed_everything(cfg.seed, workers=True)
     if cfg.trainer.precision == "auto":
         cfg.trainer.precision = best_precision(str(cfg.trainer.accelerator))
@@ -127,10 +127,12 @@ def check_optimized_metric(cfg: DictConfig) -> None:
 @short_user_errors  # a ConfigError/DataError prints its message, not a screen of frames
 def main(cfg: DictConfig) -> float:
     """Train; return the summary's `optimized_metric` (what a Hydra sweeper optimises)."""
-    quiet_libraries()  # warnings into train.log, no progress bars from datasets/transformers
     check_launch(cfg)
     check_shared_run_dir()
     check_optimized_metric(cfg)
+    from rmlab.console import quiet_libraries
+
+    quiet_libraries()  # warnings into train.log, no progress bars from datasets/transformers
     summary = train(cfg)
     if cfg.optimized_metric not in summary:
         raise ConfigError(f"optimized_metric={cfg.optimized_metric!r} is not in summary.json; its keys are {sorted(summary)}")

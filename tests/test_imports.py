@@ -9,7 +9,8 @@ Layers, lowest first; a module may import from its own layer and the layers belo
     data         rmlab.data.*                                              base, text
     model        rmlab.model.*                                             base, text, data
     diagnostics  rmlab.diagnostics.*                                       base, text, data, model
-    run          trained, launch, preflight, throughput, final_validation  all of the above
+    run          trained, launch, preflight, throughput, final_validation, all of the above
+                 progress
     entry        train, evaluate, export, score, audit, sweep, bench.*     all of the above; never another entry point
 
 On top of the layers, no module reaches itself through its imports (no cycles, inside a layer
@@ -34,7 +35,8 @@ LAYERS = (
     ("data", ("rmlab.data",)),
     ("model", ("rmlab.model",)),
     ("diagnostics", ("rmlab.diagnostics",)),
-    ("run", ("rmlab.trained", "rmlab.launch", "rmlab.preflight", "rmlab.throughput", "rmlab.final_validation")),
+    ("run", ("rmlab.trained", "rmlab.launch", "rmlab.preflight", "rmlab.throughput", "rmlab.final_validation",
+             "rmlab.progress")),
     ("entry", ("rmlab.train", "rmlab.evaluate", "rmlab.export", "rmlab.score", "rmlab.audit", "rmlab.sweep", "rmlab.bench")),
 )
 RANK = {name: rank for rank, (name, _) in enumerate(LAYERS)}

@@ -75,7 +75,7 @@ def test_cli_one_short_run_with_offline_wandb(cli_smoke_run):
 
     # train.log: a line of training metrics per step (every_n_steps=1), the validation metrics, and what the
     # console leaves out (Lightning's messages, the model summary, the full summary JSON).
-    lines = [line.split(" - ", 1)[1] for line in log.splitlines() if "][rmlab.console][INFO] - " in line]
+    lines = [line.split(" - ", 1)[1] for line in log.splitlines() if "][rmlab.progress][INFO] - " in line]
     assert [line.split(":")[0] for line in lines] == [*(f"step {i}/4 epoch 0" for i in range(1, 5)),
                                                       "validation at step 4 (epoch 0)"]
     assert lines[0].startswith("step 1/4 epoch 0: train/loss ") and " train/acc " in lines[0]
