@@ -84,7 +84,9 @@ def test_a_run_logs_throughput_recomputable_from_its_batches(tmp_path):
     assert summary["train/padding_fraction"] == pytest.approx(1 - tokens / positions, rel=1e-5)
     assert summary["train/flops_per_s"] == pytest.approx(flops / seconds, rel=1e-5)
     assert summary["train/mfu"] == pytest.approx(flops / seconds / matmul_peak_flops("cpu", "float32"), rel=1e-5)
-    assert 0 < summary["train/mfu"] < 1
+    # No upper bound: the peak is a timed matmul, so a run timed while the other test worker was idle can beat a
+    # peak measured while it was busy (seen once: mfu 1.13 under a load of 3 on 2 cores).
+    assert summary["train/mfu"] > 0
 
 
 def test_matmul_peak_is_measured_per_dtype_and_reused():
