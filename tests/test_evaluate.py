@@ -88,9 +88,9 @@ def test_evaluate_a_file_with_a_subset_column(checkpoint, tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8-sig")  # with a byte-order mark
     out = tmp_path / "eval"
-    result = run_cli("rmlab.evaluate", [f"ckpt={ckpt}", "data=local", f"data.path={path}", "logger=csv", f"hydra.run.dir={out}",
-                        "data.columns.margin=gap", "data.on_bad_row=skip"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # In this process (the command line of rmlab.evaluate: test_evaluate_cli_on_the_runs_own_test_split).
+    evaluate(compose_entry("evaluate", [f"ckpt={ckpt}", "data=local", f"data.path={path}", "logger=csv",
+                                        "data.columns.margin=gap", "data.on_bad_row=skip"], out))
     report = json.loads((out / "report.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
     assert report["n"] == 8  # the whole file, not a carved split
     [reject] = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]

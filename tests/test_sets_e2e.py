@@ -96,9 +96,8 @@ def test_two_ranks_train_whole_sets_and_score_the_whole_val_split_as_one_process
 @pytest.mark.e2e
 def test_evaluate_a_set_file(set_run, sets_file, tmp_path):
     _, _, ckpt = set_run
-    out = tmp_path / "evaluate"
-    result = run_cli("rmlab.evaluate", [f"ckpt={ckpt}", "data=local", f"data.path={sets_file}", f"hydra.run.dir={out}"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "evaluate"  # in this process; the command line of rmlab.evaluate: tests/test_evaluate.py
+    evaluate(compose_entry("evaluate", [f"ckpt={ckpt}", "data=local", f"data.path={sets_file}", "logger=csv"], out))
     report = json.loads((out / "report.json").read_text())
     assert (report["sets"], report["responses"]) == (3, 11)
     assert report["random"] == {"sets": 3, "best_of_k_acc": pytest.approx((2 / 4 + 1 / 2 + 2 / 5) / 3),
