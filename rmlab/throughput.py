@@ -95,7 +95,9 @@ class Throughput(L.Callback):
         self.totals += torch.tensor([pairs, tokens, positions, flops, responses], dtype=torch.float64)
         totals = self.totals
         if trainer.world_size > 1:  # every process's counts (a few numbers per batch)
-            totals = trainer.strategy.reduce(totals.to(pl_module.device), reduce_op="sum").cpu()
+            # A copy: all_reduce sums in place, and on the CPU .to(device) is this very tensor, so this process's
+            # running totals would take in the other processes' counts again at every step.
+            totals = trainer.strategy.reduce(totals.clone().to(pl_module.device), reduce_op="sum").cpu()
         seconds = now - self.start
         pairs, tokens, positions, flops, responses = totals.tolist()
         # A set batch counts sets and their responses; a pair batch, pairs.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from rmlab.data.collate import PairCollator, SharedPromptCollator
 from rmlab.hardware import matmul_peak_flops
 from rmlab.model.module import split_point
 from rmlab.model.pooling import MeanPooling
-from rmlab.throughput import KEYS, SET_KEYS, attended_pairs, batch_tokens, matmul_parameters, precision_dtype
+from rmlab.throughput import KEYS, SET_KEYS, Throughput, attended_pairs, batch_tokens, matmul_parameters, precision_dtype
 from rmlab.train import train
 
 from conftest import PACKAGED, compose_train, make_reward_model
@@ -87,6 +88,31 @@ def test_a_run_logs_throughput_recomputable_from_its_batches(tmp_path):
     # No upper bound: the peak is a timed matmul, so a run timed while the other test worker was idle can beat a
     # peak measured while it was busy (seen once: mfu 1.13 under a load of 3 on 2 cores).
     assert summary["train/mfu"] > 0
+
+
+class _InPlaceSum:
+    """Stands in for DDPStrategy.reduce on the CPU with 2 processes that counted the same: like
+    torch.distributed.all_reduce, it sums into the tensor it is given and returns it."""
+
+    def reduce(self, tensor, reduce_op):
+        assert reduce_op == "sum"
+        return tensor.add_(tensor)
+
+
+def test_ddp_totals_are_summed_over_processes_without_adding_them_into_this_ones():
+    callback = Throughput(warmup_steps=0)
+    callback.batches, callback.start, callback.totals = 0, 0.0, torch.zeros(5, dtype=torch.float64)
+    callback.params, callback.layers, callback.hidden, callback.causal, callback.peak = 10, 1, 4, False, 1e12
+    trainer = SimpleNamespace(world_size=2, strategy=_InPlaceSum())
+    module = SimpleNamespace(device=torch.device("cpu"), log_dict=lambda metrics, **kwargs: logged.append(metrics))
+    batch = PairCollator(0)([{"chosen_input_ids": [1, 2, 3], "rejected_input_ids": [1, 2]}] * 2)  # 2 pairs, 10 tokens
+    logged = []
+    for _ in range(3):
+        callback.on_train_batch_end(trainer, module, None, batch, 0)
+    assert callback.totals[:2].tolist() == [6, 30]  # this process's own 3 batches: 6 pairs, 30 tokens
+    # both processes: 12 pairs and 60 tokens; the rates share one clock, so their ratio is exact
+    assert logged[-1]["train/tokens_per_s"] / logged[-1]["train/pairs_per_s"] == pytest.approx(60 / 12)
+    assert logged[-1]["train/padding_fraction"] == pytest.approx(1 - 60 / 72)  # 2 x 3 batches of 4 rows of 3
 
 
 def test_matmul_peak_is_measured_per_dtype_and_reused():
