@@ -62,6 +62,8 @@ def train(cfg: DictConfig) -> dict:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     try:
         datamodule.setup("fit")
+        if datamodule.sets:
+            model.check_set_training()  # before the sanity check and the first step
         data_stats = {f"data/{split}/{k}": v for split, s in datamodule.stats.items() for k, v in s.items()}
         if trainer.is_global_zero:
             OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")

@@ -116,6 +116,19 @@ def test_a_set_of_ties_lends_no_counterfactual(tmp_path):
     assert all(not row["origin"].endswith(" line 1") for row in dm.splits["train"].select(range(4, 7)))
 
 
+def test_a_counterfactual_set_whose_rewrite_is_cut_off_is_set_aside_and_not_counted_as_added(tmp_path):
+    # The best response ends in a number; max_length 12 ([CLS] "question n ?" [SEP] + 7 response tokens) cuts
+    # it off, so its wrong_number rewrite reads as the original: set aside, whatever data.on_bad_row says.
+    rows = [{"prompt": f"Question {n}?", "responses": [words(10, "good") + " 42", "bad", "fair fair"], "scores": [2, 0, 1]}
+            for n in range(12)]
+    dm = datamodule(write_jsonl(tmp_path / "sets.jsonl", rows), augment={"share": 0.25, "kinds": ["wrong_number"]},
+                    packing="none", max_length=12, on_bad_row="error")
+    stats = dm.stats["train"]
+    assert (stats["augmented"], stats["augment_set_aside"], stats["same_ids"], stats["rejected"]) == (0, 4, 0, 0)
+    assert len(dm.splits["train"]) == 12 and dm.rejects == []
+    assert "augment_set_aside" not in dm.stats["test"]
+
+
 # -- the losses: a set of 2 is its pair -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> str:

@@ -293,8 +293,11 @@ class PreferenceDataModule(L.LightningDataModule):
         self.splits.update({split: tokenize(normalised[split], split) for split in needed})
         if self.rejects:
             self._report_rejects()
-        if "train" in needed:
-            self.stats["train"]["augmented"] = added
+        aside = {split: self.stats[split].pop("augment_set_aside", 0) for split in needed}  # response sets only
+        if "train" in needed:  # the counterfactuals kept; those whose rewrite tokenized as the original were set aside
+            self.stats["train"]["augmented"] = added - aside["train"]
+            if aside["train"]:
+                self.stats["train"]["augment_set_aside"] = aside["train"]
             self._balance(self.splits["train"])
 
     # -- response sets ---------------------------------------------------------------------

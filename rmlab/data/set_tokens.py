@@ -41,23 +41,29 @@ def tokenize_sets(sets: Dataset, split: str, settings: dict[str, Any], on_bad_ro
                   read_stats: dict[str, int]) -> tuple[Dataset, dict[str, int], list[dict]]:
     """(the kept sets with input_ids, response_tokens and an `index` column; the split's stats; the
     sets set aside as bad rows). `settings`: tokenize_set's tokenizer, max_length, overlong,
-    chat_template, frame. Raises DataError for a same-ids set under on_bad_row=error (a counterfactual
-    set of data.augment is set aside whatever the policy, as a pair is), or when no set is left."""
+    chat_template, frame. Raises DataError for a same-ids set under on_bad_row=error, or when no set is
+    left. A counterfactual set of data.augment whose rewrite reads as the original is no bad row: it is
+    set aside whatever the policy, counted as `augment_set_aside` and logged."""
     tokenized = sets.map(tokenize_set_row, fn_kwargs=settings, desc=f"tokenizing {split}")
     kept = tokenized.filter(lambda keep: keep, input_columns="keep")
     same = [i for i, flag in enumerate(kept["same_ids"]) if flag]
+    made = [i for i in same if kept[i].get("augment")]  # counterfactual sets (data.augment): rmlab's own, not bad rows
     rejects = []
-    for i in same:
+    for i in sorted(set(same) - set(made)):
         row = kept[i]
         problem = ("two responses with different scores become the same token ids (the tokenizer reads them alike), "
                    "so the set contradicts itself")
-        if not row.get("augment"):  # a counterfactual set (data.augment) is rmlab's own: always set aside
-            bad_row(on_bad_row, row["origin"], problem)
+        bad_row(on_bad_row, row["origin"], problem)
         rejects.append({"split": split, "origin": row["origin"], "reason": "same_ids", "problem": problem,
                         "row": {k: row[k] for k in ("responses", "scores")}})
-    if same:
+    if rejects:
         log.warning("%s: %d sets set aside whose responses of different scores tokenize to the same ids (first: %s)",
-                    split, len(same), rejects[0]["origin"])
+                    split, len(rejects), rejects[0]["origin"])
+    if made:
+        log.warning("%s: %d counterfactual sets set aside: the rewrite reads as the same token ids as the response it "
+                    "rewrites (its edit falls past data.max_length=%d, or the tokenizer reads it alike; first: %s)",
+                    split, len(made), settings["max_length"], kept[made[0]]["origin"])
+    if same:
         kept = kept.select(sorted(set(range(len(kept))) - set(same)))
     kept = kept.add_column("index", list(range(len(kept))))
     stats = {
@@ -68,8 +74,9 @@ def tokenize_sets(sets: Dataset, split: str, settings: dict[str, Any], on_bad_ro
         "truncated_prompt": sum(tokenized["prompt_truncated"]),
         "truncated_response": sum(tokenized["response_truncated"]),
         "dropped": len(tokenized) - len(kept) - len(same),
-        "rejected": read_stats.get("rejected", 0) + len(same),
-        "same_ids": len(same),
+        "rejected": read_stats.get("rejected", 0) + len(same) - len(made),
+        "same_ids": len(same) - len(made),
+        "augment_set_aside": len(made),
         "unknown_responses": sum(kept["unknown_responses"]),
         "unrendered_tool_calls": sum(kept["unrendered_tool_calls"]),
     }

@@ -259,9 +259,8 @@ class RewardModel(L.LightningModule):
         OdinLoss (debias=odin): the set loss of the summed heads plus its disentangling terms; the reward is
         the quality head's."""
         mask, tokens = batch["response_mask"], batch.get("response_tokens")
-        if self.training and self.loss_fn.label_smoothing:  # evaluating sets with a label-smoothed pair model is fine
-            raise ConfigError("model.loss.label_smoothing smooths the label of a pair; the set losses (set_loss=...) "
-                              "have no such option: leave it 0 for response sets")
+        if self.training:  # evaluating sets with a label-smoothed pair model is fine
+            self.check_set_training()
         if self.ensemble is None and self.head.out_features > 1:
             outputs, positions = self.set_rewards(batch, all_heads=True)  # [B, Kmax, 2]: quality, length
             loss = (self._set_loss(outputs.sum(-1), batch, batch.get("weight"))
@@ -281,6 +280,13 @@ class RewardModel(L.LightningModule):
         loss = torch.stack(losses).mean()
         rewards = self.ensemble.reward(outputs.flatten(0, 1)).view(mask.shape).masked_fill(~mask, 0)
         return loss, rewards, positions, outputs
+
+    def check_set_training(self) -> None:
+        """Raise ConfigError for a loss option that has no response-set form (rmlab.train calls it once the
+        data is known to be sets, before fitting)."""
+        if self.loss_fn.label_smoothing:
+            raise ConfigError("model.loss.label_smoothing smooths the label of a pair; the set losses (set_loss=...) "
+                              "have no such option: leave it 0 for response sets")
 
     def _set_loss(self, rewards: torch.Tensor, batch: Batch, weight: torch.Tensor | None) -> torch.Tensor:
         """The set loss of rewards [B, Kmax] with per-set weights [B] (or None), plus model.loss's centering and
