@@ -12,6 +12,7 @@ from rmlab.data.response_sets import (
     alpacaeval_sets,
     expand_to_pairs,
     is_set_row,
+    main,
     split_turns,
     to_response_set,
 )
@@ -104,10 +105,15 @@ def test_alpacaeval_conversion_of_the_real_test_pairs(tmp_path):
     out = tmp_path / "sets.jsonl.gz"
     result = run_cli("rmlab.data.response_sets", ["alpacaeval", str(source), str(out)], tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
+    one_judge = [json.loads(line) for line in gzip.open(out, "rt")]
+    assert len(one_judge) == 146 and {s["judge"] for s in one_judge} == {"weighted_alpaca_eval_gpt4_turbo"}  # data=alpacaeval_sets'
+    assert result.stdout.startswith(f"146 response sets from {source} -> {out} (judge weighted_alpaca_eval_gpt4_turbo;")
+    main(["alpacaeval", str(source), str(out), "judge=all"])
     sets = [json.loads(line) for line in gzip.open(out, "rt")]
     pairs = sum(1 for _ in gzip.open(source, "rt"))
     assert sum(len(s["responses"]) - 1 for s in sets) == pairs == 1168  # every pair adds one output to a set
-    assert result.stdout.startswith(f"{len(sets)} response sets from {source}")
+    with pytest.raises(SystemExit, match=r"no pair judged by 'gpt5'; its judges: \['alpaca_eval_gpt4', 'weighted_alpaca_eval_gpt4_turbo'\]"):
+        main(["alpacaeval", str(source), str(out), "judge=gpt5"])
     for response_set in sets:
         checked = to_response_set(response_set)
         assert len(checked["responses"]) >= 2 and checked["scores"][response_set["models"].index(response_set["reference_model"])] == 0.5

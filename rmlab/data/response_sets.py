@@ -400,25 +400,36 @@ def _write_pairs(source: str, target: str) -> None:
     print(f"{pairs} pairs from {sets} response sets in {source} -> {target} ({ties} tied pairs left out)")
 
 
-USAGE = ("usage: python -m rmlab.data.response_sets alpacaeval <pairs.jsonl[.gz]> <sets.jsonl[.gz]>\n"
+USAGE = ("usage: python -m rmlab.data.response_sets alpacaeval <pairs.jsonl[.gz]> <sets.jsonl[.gz]> [judge=<name>|judge=all]\n"
          "       python -m rmlab.data.response_sets pairs <sets file> <pairs.jsonl[.gz]>")
+DEFAULT_JUDGE = "weighted_alpaca_eval_gpt4_turbo"  # as conf/data/alpacaeval_sets.yaml: graded win probabilities
 
 
 def main(argv: list[str]) -> None:
-    """`alpacaeval <pairs> <sets>`: write alpacaeval_sets of an AlpacaEval pairs file;
+    """`alpacaeval <pairs> <sets> [judge=...]`: write alpacaeval_sets of an AlpacaEval pairs file, one judge's
+    verdicts (DEFAULT_JUDGE, the same sets as data=alpacaeval_sets; judge=all keeps every judge's);
     `pairs <sets> <pairs>`: write every preference pair of a sets file (expand_to_pairs)."""
-    if len(argv) != 3 or argv[0] not in ("alpacaeval", "pairs"):
+    judges = [arg.split("=", 1)[1] for arg in argv if arg.startswith("judge=")]
+    argv = [arg for arg in argv if not arg.startswith("judge=")]
+    if len(argv) != 3 or argv[0] not in ("alpacaeval", "pairs") or len(judges) > 1 or (judges and argv[0] == "pairs"):
         raise SystemExit(USAGE)
     if argv[0] == "pairs":
         _write_pairs(argv[1], argv[2])
         return
+    judge = judges[0] if judges else DEFAULT_JUDGE
     with _opener(argv[1], "rt") as source:
-        sets = alpacaeval_sets(json.loads(line) for line in source if line.strip())
+        pairs = [json.loads(line) for line in source if line.strip()]
+    kept = [pair for pair in pairs if judge == "all" or pair.get("judge") == judge]
+    if not kept:
+        raise SystemExit(f"{argv[1]}: no pair judged by {judge!r}; its judges: {sorted({str(p.get('judge')) for p in pairs})} "
+                         "(judge=all keeps every judge's)")
+    sets = alpacaeval_sets(kept)
     with _opener(argv[2], "wt") as out:
         for response_set in sets:
             out.write(json.dumps(response_set, ensure_ascii=False) + "\n")
     sizes = Counter(len(s["responses"]) for s in sets)
-    print(f"{len(sets)} response sets from {argv[1]} -> {argv[2]} (responses per set: {min(sizes)}..{max(sizes)})")
+    print(f"{len(sets)} response sets from {argv[1]} -> {argv[2]} (judge {judge}; responses per set: "
+          f"{min(sizes)}..{max(sizes)})")
 
 
 if __name__ == "__main__":
