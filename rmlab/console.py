@@ -87,7 +87,7 @@ def end_summary(summary: dict, run_dir: Path) -> list[str]:
         return "n/a" if value is None or value != value else f"{value:.3f}"
 
     sets = "data/train/sets" in summary  # response-set data
-    seen = f"{summary.get('train/pairs_seen')} training {'sets' if sets else 'pairs'}"
+    seen = f"{summary.get('train/sets_seen' if sets else 'train/pairs_seen')} training {'sets' if sets else 'pairs'}"
     lines = [f"done in {summary.get('wall_time_s', 0):.0f} s: {summary.get('train/steps')} steps, {seen}",
              f"val/acc {number('val/acc')} (best checkpoint)"]
     if "test/acc" in summary and sets:

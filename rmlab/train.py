@@ -86,7 +86,7 @@ def train(cfg: DictConfig) -> dict:
         summary = {
             "val/acc": float(checkpoint.best_model_score) if best else float(trainer.callback_metrics.get("val/acc", float("nan"))),
             "train/steps": trainer.global_step,
-            "train/pairs_seen": model.pairs_seen,
+            "train/sets_seen" if datamodule.sets else "train/pairs_seen": model.pairs_seen,  # groups trained on
             "train/skipped_nonfinite": model.skipped_nonfinite,
         }
         summary.update({k: float(v) for k, v in trainer.callback_metrics.items() if k in THROUGHPUT_KEYS})

@@ -59,7 +59,7 @@ def test_training_on_response_sets_reports_sets(set_run):
     assert (summary["data/train/sets"], summary["data/train/responses"]) == (24, 96)  # k = 4
     assert summary["data/test/sets"] == 12 and summary["data/test/k_min"] == summary["data/test/k_max"] == 4
     # continued from step 3 of the epoch's 6: the last 3 batches only (a restart of the epoch would end at step 9)
-    assert (summary["train/steps"], summary["train/pairs_seen"]) == (6, 24)
+    assert (summary["train/steps"], summary["train/sets_seen"]) == (6, 24) and "train/pairs_seen" not in summary
     assert 0.0 <= summary["test/acc"] <= 1.0 and "train/pairs_per_s" not in summary
     assert summary["train/responses_per_s"] == pytest.approx(4 * summary["train/sets_per_s"])  # k = 4 throughout
     # the random baseline of sets of 4 with one correct answer: 1/4 best-of-K, regret 3/4
@@ -79,7 +79,7 @@ def test_two_ranks_train_whole_sets_and_score_the_whole_val_split_as_one_process
     first = run_dir.parent / "first"
     assert sorted(p.name for p in first.glob("*.log")) == ["train.log", "train_ddp_process_1.log"]
     two_ranks = json.loads((first / "summary.json").read_text())
-    assert (two_ranks["train/steps"], two_ranks["train/pairs_seen"]) == (3, 12)  # 3 steps of 2 sets on each of 2 ranks
+    assert (two_ranks["train/steps"], two_ranks["train/sets_seen"]) == (3, 12)  # 3 steps of 2 sets on each of 2 ranks
     logged = {k: float(v) for row in csv.DictReader((first / "csv" / "metrics.csv").open())
               for k, v in row.items() if k.startswith("val/") and v}
     # The same checkpoint evaluated in this process, on one device: the val split's 8 sets gathered whole.
