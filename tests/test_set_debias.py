@@ -4,6 +4,7 @@ debias=length_penalty, center, reweight and odin on a set of 2 equal to those on
 
 from __future__ import annotations
 
+import logging
 import math
 from functools import partial
 
@@ -85,8 +86,11 @@ def test_resampled_sets_are_drawn_by_their_balance_weights(tmp_path):
     assert float(dm.train_weights[signs > 0].sum()) == pytest.approx(float(dm.train_weights[signs < 0].sum()))
 
 
-def test_length_matched_batches_of_sets_hold_as_many_longer_as_shorter_best_responses(tmp_path):
-    dm = datamodule(write_jsonl(tmp_path / "sets.jsonl", SKEWED), length_matched=True, packing="none", batch_size=4)
+def test_length_matched_batches_of_sets_hold_as_many_longer_as_shorter_best_responses(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="rmlab.data.datamodule"):
+        dm = datamodule(write_jsonl(tmp_path / "sets.jsonl", SKEWED), length_matched=True, packing="none", batch_size=4)
+    assert ("train: data.length_matched: 3 sets favour the longer response, 9 the shorter, 0 even; half of every batch "
+            "comes from each side, so each of the 3 on the smaller side is drawn about 2.0 times an epoch") in caplog.text
     gaps = length_gaps(dm.splits["train"])
     assert int((gaps > 0).sum()) > 0 and int((gaps < 0).sum()) > int((gaps > 0).sum())  # skewed before matching
     batches = [batch["index"].tolist() for batch in dm.train_dataloader()]

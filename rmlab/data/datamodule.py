@@ -299,6 +299,8 @@ class PreferenceDataModule(L.LightningDataModule):
             if aside["train"]:
                 self.stats["train"]["augment_set_aside"] = aside["train"]
             self._balance(self.splits["train"])
+            if self.length_matched:
+                self._log_length_matching(self.splits["train"])
 
     # -- response sets ---------------------------------------------------------------------
     def _holds_sets(self, raw: dict[str, Dataset | None]) -> bool:
@@ -377,6 +379,16 @@ class PreferenceDataModule(L.LightningDataModule):
                  stats["balance_effective_pairs"], len(train), "sets" if self.sets else "pairs")
         if method == "reweight":
             self.splits["train"] = train.add_column("balance_weight", self.train_weights.tolist())
+
+    def _log_length_matching(self, train: Dataset) -> None:
+        """Say what data.length_matched will do with this train split: how many groups favour the longer response
+        and how many the shorter, and how often the minority side is drawn (half of every batch comes from it)."""
+        gaps = length_gaps(train)
+        longer, shorter, even = int((gaps > 0).sum()), int((gaps < 0).sum()), int((gaps == 0).sum())
+        minority = min(longer, shorter)
+        log.info("train: data.length_matched: %d %s favour the longer response, %d the shorter, %d even; half of every "
+                 "batch comes from each side, so each of the %d on the smaller side is drawn about %.1f times an epoch",
+                 longer, "sets" if self.sets else "pairs", shorter, even, minority, len(train) / 2 / max(minority, 1))
 
     def _report_rejects(self) -> None:
         counts = dict(Counter(reject["split"] for reject in self.rejects))
