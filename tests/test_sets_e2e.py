@@ -1,7 +1,7 @@
 """Response sets end to end: one short training on synthetic sets (MiniLM, Plackett-Luce, one row per
 response; its first half on 2 DDP processes, continued from that checkpoint in one), then every command
-reads its checkpoint: evaluate on a set file, the best-of-N audit (an ensemble with the pair-trained smoke
-run, and a gold-equal proxy), scoring a set file."""
+reads its checkpoint: evaluate on a set file, the best-of-N audit (an ensemble with the checkpoint of the
+first half, and a gold-equal proxy), scoring a set file."""
 
 from __future__ import annotations
 
@@ -108,11 +108,12 @@ def test_evaluate_a_set_file(set_run, sets_file, tmp_path):
 
 
 @pytest.mark.e2e
-def test_audit_of_an_ensemble_and_a_gold_equal_proxy(set_run, cli_smoke_run, sets_file, tmp_path):
-    _, _, set_ckpt = set_run
-    pair_ckpt = cli_smoke_run[2]["best_checkpoint"]
+def test_audit_of_an_ensemble_and_a_gold_equal_proxy(set_run, sets_file, tmp_path):
+    run_dir, _, set_ckpt = set_run
+    # The second member: the checkpoint the run's first half (2 DDP processes) kept, 3 steps before the end.
+    halfway = json.loads((run_dir.parent / "first" / "summary.json").read_text())["best_checkpoint"]
     out = tmp_path / "audit"
-    result = run_cli("rmlab.audit", [f"ckpt=[{set_ckpt},{pair_ckpt}]", f"data.path={sets_file}", "bon.max_n=2",
+    result = run_cli("rmlab.audit", [f"ckpt=[{set_ckpt},{halfway}]", f"data.path={sets_file}", "bon.max_n=2",
                                      f"hydra.run.dir={out}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
