@@ -194,13 +194,6 @@ SHARED_RUNS = ("cli_smoke_run", "small_sweep")
 EXPORT_CACHE_READERS = ("test_export.py", "test_interop.py", "test_lora.py", "test_score.py")
 
 
-def pytest_xdist_auto_num_workers(config) -> int:
-    """`-n auto`: one worker more than the cores (capped by --maxprocesses). The workers spend about a tenth of
-    the suite waiting (on the processes the command-line tests start, on sleeps and polls of the fault tests,
-    on disk), and a third worker on 2 cores fills that time."""
-    return (os.cpu_count() or 1) + 1
-
-
 def _group_for_workers(items: list) -> None:
     """One xdist group per test module (its module fixtures are built once), modules that read the same shared
     run (SHARED_RUNS, EXPORT_CACHE_READERS) in one group (the run happens once). Groups go whole to a worker, in
