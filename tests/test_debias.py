@@ -264,7 +264,7 @@ def test_debias_sweep_cli_runs_and_summarises(tmp_path):
     sweep = tmp_path / "sweep"
     result = subprocess.run(
         [sys.executable, "-m", "rmlab.train", "experiment=debias_sweep", "debias=none,counterfactual", "seed=0",
-         "data.source.n_train=64", "data.source.n_val=16", "data.source.n_test=16", "trainer.max_steps=4",
+         "data.source.n_train=32", "data.source.n_val=16", "data.source.n_test=16", "trainer.max_steps=2",
          "diagnostics.test_probe_pairs=8", f"hydra.sweep.dir={sweep}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

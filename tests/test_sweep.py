@@ -155,7 +155,8 @@ def test_sweep_2x2_writes_summary_and_groups_wandb_runs_by_sweep(small_sweep):
 
     for job in jobs:
         run = _wandb_run_record(sweep / job["job"])
-        overrides = f"data.source.n_test=16,data.source.n_train=16,data.source.n_val=16,experiment=smoke,logger=wandb," \
+        overrides = f"data.source.n_test=16,data.source.n_train=16,data.source.n_val=16,diagnostics.val_probe_pairs=0," \
+                    f"experiment=smoke,logger=wandb," \
                     f"pooling={job['pooling']},seed={job['seed']}"
         assert (run.run_group, run.display_name) == (str(sweep)[-128:], overrides)
         logged = read_run(next((sweep / job["job"] / "wandb").glob("offline-run-*")))
