@@ -162,6 +162,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.sets: bool | None = None  # True when the data is response sets (known after setup reads it)
         self.read_stats: dict[str, dict[str, int]] = {}  # response sets: the reader's counts per split
         self.train_weights: torch.Tensor | None = None  # data.balance: one weight per train pair, mean 1
+        self.train_gaps: torch.Tensor | None = None  # data.length_matched: one length gap per train pair or set
         self.splits: dict[str, Dataset] = {}
         self.stats: dict[str, dict[str, int]] = {}
 
@@ -300,7 +301,7 @@ class PreferenceDataModule(L.LightningDataModule):
                 self.stats["train"]["augment_set_aside"] = aside["train"]
             self._balance(self.splits["train"])
             if self.length_matched:
-                self._log_length_matching(self.splits["train"])
+                self._match_lengths(self.splits["train"])
 
     # -- response sets ---------------------------------------------------------------------
     def _holds_sets(self, raw: dict[str, Dataset | None]) -> bool:
@@ -380,10 +381,11 @@ class PreferenceDataModule(L.LightningDataModule):
         if method == "reweight":
             self.splits["train"] = train.add_column("balance_weight", self.train_weights.tolist())
 
-    def _log_length_matching(self, train: Dataset) -> None:
-        """Say what data.length_matched will do with this train split: how many groups favour the longer response
-        and how many the shorter, and how often the minority side is drawn (half of every batch comes from it)."""
-        gaps = length_gaps(train)
+    def _match_lengths(self, train: Dataset) -> None:
+        """data.length_matched: the train split's length gaps (`self.train_gaps`, the sampler's), and a log line
+        of what it will do: how many groups favour the longer response and how many the shorter, and how
+        often the minority side is drawn (half of every batch comes from it)."""
+        gaps = self.train_gaps = length_gaps(train)
         longer, shorter, even = int((gaps > 0).sum()), int((gaps < 0).sum()), int((gaps == 0).sum())
         minority = min(longer, shorter)
         log.info("train: data.length_matched: %d %s favour the longer response, %d the shorter, %d even; half of every "
@@ -439,7 +441,7 @@ class PreferenceDataModule(L.LightningDataModule):
                                        skip=lambda: self._batches_done_in_epoch(len(sampler)) * self.batch_size,
                                        lengths=lengths, batch_size=batch_size * world,
                                        weights=self.train_weights if self.balance["method"] == "resample" else None,
-                                       length_gaps=length_gaps(full) if self.length_matched else None)
+                                       length_gaps=self.train_gaps)
         else:
             sampler = LengthSortedSampler(self._lengths(full))
         return DataLoader(
