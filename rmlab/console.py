@@ -61,17 +61,17 @@ def route_library_logs() -> None:
         logger.propagate = True
 
 
-def quiet_libraries() -> None:
+def quiet_libraries(uses_wandb: bool = True) -> None:
     """Route Python warnings into logging (so they reach train.log, not the console), turn off the
     progress bars that datasets and transformers draw for every map, filter and weight load, and W&B's
     console output (a banner, deprecation notes and a 100-row summary; end_summary names the run)
-    unless WANDB_SILENT is set already."""
+    unless WANDB_SILENT is set already. uses_wandb=False: the run logs no W&B, and W&B is not imported."""
     import datasets
     import transformers
-    import wandb
 
     os.environ.setdefault("WANDB_SILENT", "true")
-    if os.environ["WANDB_SILENT"].lower() == "true":
+    if uses_wandb and os.environ["WANDB_SILENT"].lower() == "true":
+        import wandb
         # W&B applies WANDB_SILENT when its first run starts; Lightning's WandbLogger warns (about
         # its `anonymous` argument) before that.
         wandb.termsetup(wandb.Settings(silent=True), None)

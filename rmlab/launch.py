@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from rmlab.errors import ConfigError, DataError, NonFiniteError
 
@@ -25,6 +25,22 @@ if TYPE_CHECKING:
     from lightning.pytorch.loggers import Logger, WandbLogger
 
 log = logging.getLogger(__name__)
+
+
+# What to say for a required value (`???` in its config file) that the command did not set.
+REQUIRED_HINTS = {
+    "data.path": "data=local reads your pairs from a file: add data.path=<file> (JSONL, JSON, Parquet or CSV, "
+                 "gzipped too), e.g. python -m rmlab.train data=local data.path=pairs.jsonl",
+}
+
+
+def check_required(cfg: DictConfig) -> None:
+    """Every `???` value is set on the command line (else OmegaConf stops deep inside instantiate). Pure
+    config: `python -m rmlab.train` runs it before importing torch, so `data=local` without a path answers at once."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError("\n".join(f"{key} is not set: " + REQUIRED_HINTS.get(key, f"add {key}=<value> to the command")
+                                     for key in missing))
 
 
 def check_launch(cfg: DictConfig) -> None:

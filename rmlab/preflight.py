@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 from hydra.utils import get_object
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
 from rmlab.config import config_nodes
 from rmlab.errors import ConfigError, DataError
 from rmlab.hub import is_causal_decoder, load_config
+from rmlab.launch import check_required
 from rmlab.model.backbone import apply_lora, load_backbone
 from rmlab.model.pooling import POOLINGS, ClsPooling
 
@@ -32,11 +33,6 @@ BOUND_WITHOUT_TARGET: dict[str, Callable] = {"model.backbone": load_backbone, "m
 
 log = logging.getLogger(__name__)
 
-# What to say for a required value (`???` in its config file) that the command did not set.
-REQUIRED_HINTS = {
-    "data.path": "data=local reads your pairs from a file: add data.path=<file> (JSONL, JSON, Parquet or CSV, "
-                 "gzipped too), e.g. python -m rmlab.train data=local data.path=pairs.jsonl",
-}
 # Fewer evaluation pairs than this get a warning: val/acc then moves in steps of 1/n, and its standard
 # error at 0.5 is 0.5/sqrt(n) (0.09 at 30 pairs).
 MIN_EVAL_PAIRS = 30
@@ -51,14 +47,6 @@ def check_config(cfg: DictConfig, run_dir: Path) -> None:
     check_devices(cfg.trainer)
     check_pooling(cfg.model)
     check_writable(output_dirs(cfg, run_dir))
-
-
-def check_required(cfg: DictConfig) -> None:
-    """Every `???` value is set on the command line (else OmegaConf stops deep inside instantiate)."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ConfigError("\n".join(f"{key} is not set: " + REQUIRED_HINTS.get(key, f"add {key}=<value> to the command")
-                                     for key in missing))
 
 
 def check_data_files(data: DictConfig) -> None:

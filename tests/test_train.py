@@ -13,7 +13,6 @@ from omegaconf import read_write
 import rmlab
 from rmlab.errors import ConfigError
 from rmlab.launch import check_launch
-from rmlab.train import train
 
 from conftest import compose_train, run_cli
 from wandb_offline import read_run
@@ -23,19 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_short_training_on_synthetic_pairs_beats_chance_on_held_out_prompts(tmp_path):
-    cfg = compose_train(
-        # No length shortcut here (length_bias 0.5): this checks that training learns correctness. No probes: they
-        # are extra forwards after training that nothing here reads (test_cli_one_short_run_with_offline_wandb does).
-        # 600 pairs at lr 2e-4 (38 steps) learn it about as well as 2,000 at the default 5e-5: test/acc 0.77 here,
-        # 0.753 and 0.743 with seed=1 and 2 (1,000 at 1e-4: 0.78; 500 at 3e-4: 0.785, 0.74, 0.718, too close to 0.7).
-        ["logger=csv", "data.source.length_bias=0.5", "data.source.n_train=600", "model.optimizer.lr=2e-4",
-         "data.source.n_val=96", "data.source.n_test=300", "trainer.max_epochs=1", "diagnostics.val_probe_pairs=0",
-         "diagnostics.test_probe_pairs=0"],
-        tmp_path,
-    )
-    summary = train(cfg)
-    on_disk = json.loads((tmp_path / "summary.json").read_text())
+def test_short_training_on_synthetic_pairs_beats_chance_on_held_out_prompts(short_training):
+    run_dir, summary = short_training  # conftest.SHORT_TRAINING: 600 pairs, batch 16, lr 2e-4, no length shortcut
+    on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk == summary
     assert summary["train/steps"] == 38  # 37 batches of 16 and one of 8
     assert summary["train/pairs_seen"] == 600
@@ -43,9 +32,9 @@ def test_short_training_on_synthetic_pairs_beats_chance_on_held_out_prompts(tmp_
     # MiniLM reads every synthetic response: no [UNK], no pair whose responses tokenize alike.
     assert [summary[f"data/{s}/{k}"] for s in ("train", "test") for k in ("unknown_responses", "same_ids")] == [0, 0, 0, 0]
     assert summary["test/acc"] >= 0.7, summary  # chance is 0.5; test prompts are unseen in training
-    assert Path(summary["best_checkpoint"]).parent == tmp_path / "checkpoints"
-    assert (tmp_path / "config.yaml").read_text().count("${") == 0  # resolved
-    metrics = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert Path(summary["best_checkpoint"]).parent == run_dir / "checkpoints"
+    assert (run_dir / "config.yaml").read_text().count("${") == 0  # resolved
+    metrics = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     for name in ("train/loss", "train/acc", "val/loss", "val/acc", "val/margin", "val/reward_chosen_mean",
                  "val/reward_chosen_std", "val/reward_rejected_mean", "val/reward_rejected_std",
                  "data/train/truncated_prompt", "data/train/dropped"):
