@@ -130,21 +130,23 @@ def test_generated_ids_ending_at_eos_get_the_reward_rmlab_trained(tmp_path_facto
 OLD_SCRIPT = r"""
 import json, sys, torch, transformers
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
-folder, remote, chats = sys.argv[1], sys.argv[2] == "1", json.loads(sys.argv[3])
-out = {"version": transformers.__version__}
-try:
-    AutoModelForSequenceClassification.from_pretrained(folder)
-    out["without_trust"] = "loaded"
-except ValueError as err:
-    out["without_trust"] = "refused: " + str(err)[:200]
-model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=remote).eval()
-tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
-texts = [tokenizer.apply_chat_template(chat, tokenize=False) for chat in chats]
-with torch.no_grad():
-    out["rewards"] = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits[:, 0].tolist()
-scorer = pipeline("text-classification", model=model, tokenizer=tokenizer)
-out["pipeline"] = [scorer(t, function_to_apply="none")[0]["score"] for t in texts]
-print("RESULT", json.dumps(out))  # after the line transformers' trust_remote_code prompt leaves unfinished
+exports, chats = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+results = {}
+for folder, remote in exports:
+    out = results[folder] = {"version": transformers.__version__}
+    try:
+        AutoModelForSequenceClassification.from_pretrained(folder)
+        out["without_trust"] = "loaded"
+    except ValueError as err:
+        out["without_trust"] = "refused: " + str(err)[:200]
+    model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=remote).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
+    texts = [tokenizer.apply_chat_template(chat, tokenize=False) for chat in chats]
+    with torch.no_grad():
+        out["rewards"] = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits[:, 0].tolist()
+    scorer = pipeline("text-classification", model=model, tokenizer=tokenizer)
+    out["pipeline"] = [scorer(t, function_to_apply="none")[0]["score"] for t in texts]
+print("RESULT", json.dumps(results))  # after the line transformers' trust_remote_code prompt leaves unfinished
 """
 
 
@@ -164,14 +166,25 @@ def old_transformers(version: str) -> Path:
     return target
 
 
+_old_results: dict = {}  # version -> export folder -> what OLD_SCRIPT read there (one process per version)
+
+
+def read_with_older_transformers(version: str, tmp_path_factory) -> dict:
+    """OLD_SCRIPT's results for every route's export, all read in one process of that transformers version."""
+    if version not in _old_results:
+        exports = [(str(exported_folder(name, tmp_path_factory)), kind == "remote") for kind, name in ROUTES.items()]
+        env = {**os.environ, "PYTHONPATH": str(old_transformers(version))}
+        result = subprocess.run([sys.executable, "-c", OLD_SCRIPT, json.dumps(exports), json.dumps(CHATS)], env=env,
+                                capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+        assert result.returncode == 0, result.stderr[-3000:]
+        _old_results[version] = json.loads(result.stdout.rpartition("RESULT ")[2])
+    return _old_results[version]
+
+
 @pytest.mark.parametrize("version", list(OLD_TRANSFORMERS))
-def test_older_transformers(route, version):
+def test_older_transformers(route, version, tmp_path_factory):
     kind, ckpt, folder = route
-    env = {**os.environ, "PYTHONPATH": str(old_transformers(version))}
-    result = subprocess.run([sys.executable, "-c", OLD_SCRIPT, str(folder), str(int(kind == "remote")), json.dumps(CHATS)],
-                            env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.rpartition("RESULT ")[2])
+    out = read_with_older_transformers(version, tmp_path_factory)[str(folder)]
     assert out["version"] == version
     assert out["without_trust"].startswith("refused") if kind == "remote" else out["without_trust"] == "loaded"
     want = expected(ckpt, CHATS)
