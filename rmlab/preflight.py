@@ -1,7 +1,7 @@
 """Checks before a training run spends time building anything: every required value is set, every
 config key binds to its constructor, the data files exist, a hub backbone can be had, the devices
-exist, the pooling suits the backbone, the run can write its outputs and the disk holds its
-checkpoints; and before an export loads its checkpoint's weights, that the pooling can be exported.
+exist, no checkpoint is saved weights-only, the pooling suits the backbone, the run can write its
+outputs and the disk holds its checkpoints; and before an export loads its checkpoint's weights, that the pooling can be exported.
 Each failure is a ConfigError or DataError that says what to do."""
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def check_config(cfg: DictConfig, run_dir: Path) -> None:
     check_data_files(cfg.data)
     check_backbone_source(cfg.model.backbone)
     check_devices(cfg.trainer)
+    check_checkpoints(cfg.get("callbacks"))
     check_pooling(cfg.model)
     check_writable(output_dirs(cfg, run_dir))
 
@@ -219,6 +220,18 @@ def check_devices(trainer: DictConfig) -> None:
         raise ConfigError(f"trainer.devices={devices} on CPU starts {devices} training processes, but this machine has "
                           f"{os.cpu_count()} CPU cores. Use trainer.devices=1 (one process uses every core), or at most "
                           f"trainer.devices={os.cpu_count()}.")
+
+
+def check_checkpoints(callbacks: DictConfig | None) -> None:
+    """No checkpoint callback saves weights only: Lightning then skips every callback's on_save_checkpoint,
+    so the run config that rmlab.checkpoint.RunRecord writes is missing and evaluate, export and score
+    refuse the file. (KeepAfterFit already drops the optimizer state of the best checkpoints after fit.)"""
+    for name, callback in (callbacks or {}).items():
+        if callback is not None and callback.get("save_weights_only"):
+            raise ConfigError(f"callbacks.{name}.save_weights_only=true: Lightning writes such checkpoints without "
+                              "rmlab's run config, so rmlab.evaluate, rmlab.export and rmlab.score could not read them. "
+                              "Leave it false: once training ends, the best checkpoints lose their optimizer state "
+                              "(callbacks.keep_after_fit), about a third of the size.")
 
 
 def check_pooling(model: DictConfig) -> None:

@@ -19,7 +19,16 @@ from rmlab.config import CONFIG_DIR
 from rmlab.errors import ConfigError, DataError
 from rmlab.hub import is_causal_decoder, load_tokenizer, resolve_path
 from rmlab.launch import UserInputError, short_user_errors, start_logger
-from rmlab.preflight import check_devices, check_free_space, check_keys, check_pooling, check_split_sizes, checkpoint_bytes, checkpoints_per_dir
+from rmlab.preflight import (
+    check_checkpoints,
+    check_devices,
+    check_free_space,
+    check_keys,
+    check_pooling,
+    check_split_sizes,
+    checkpoint_bytes,
+    checkpoints_per_dir,
+)
 from rmlab.train import train
 
 from conftest import compose_train, run_cli
@@ -193,6 +202,14 @@ def test_free_space_check_refuses_more_than_the_disk_has(tmp_path):
                               f"({needed} bytes) (3 checkpoints), ")
     assert " is free. Free some space, write elsewhere (hydra.run.dir=<dir> or " in message
     check_free_space(tmp_path, 1, "1 byte")
+
+
+def test_a_weights_only_checkpoint_callback_is_refused_before_training(tmp_path):
+    check_checkpoints(compose_train([], tmp_path).callbacks)  # the defaults save whole checkpoints
+    cfg = compose_train(["+callbacks.model_checkpoint.save_weights_only=true"], tmp_path)
+    with pytest.raises(ConfigError, match=r"^callbacks.model_checkpoint.save_weights_only=true: Lightning writes such "
+                                          r"checkpoints without rmlab's run config"):
+        check_checkpoints(cfg.callbacks)
 
 
 # --- the command line: short messages, traceback in train.log, failed sweep jobs ---------------
