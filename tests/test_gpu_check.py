@@ -153,11 +153,12 @@ def test_a_failing_step_is_recorded_with_its_error_and_skips_say_why(tmp_path):
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("gpu_check_cpu", overrides=[f"out={tmp_path}"])
-        broken = OmegaConf.create({"kind": "speed", "budget_s": 600, "overrides": ["data.packing=bogus"]})
+        # A config error rmlab.train raises before importing torch: the run fails in about a second.
+        broken = OmegaConf.create({"kind": "speed", "budget_s": 600, "overrides": ["optimized_metric=bogus"]})
         failed = run_step(cfg, "broken", broken, tmp_path, check_end=time.time() + 600)
         assert failed["status"] == "error" and failed["step"] == "broken"
         assert failed["error"].startswith("StepFailed: rmlab.train exited with 1: ")
-        assert "data.packing='bogus'" in failed["error"] and "data.packing='bogus'" in failed["log_tail"]
+        assert "optimized_metric='bogus'" in failed["error"] and "optimized_metric='bogus'" in failed["log_tail"]
         needs = OmegaConf.create({"kind": "speed", "budget_s": 60, "needs": ["not_a_real_package"], "overrides": []})
         assert run_step(cfg, "needs", needs, tmp_path, time.time() + 600)["reason"] == "not_a_real_package not installed"
         late = run_step(cfg, "late", OmegaConf.create({"kind": "environment", "budget_s": 20}), tmp_path, time.time() + 5)
