@@ -9,6 +9,7 @@ starts several training processes, `gpu` needs CUDA (skipped without it). `pytes
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -138,8 +139,6 @@ CLI_SMOKE_LOGGING = ["logger=wandb", "callbacks.last_checkpoint.every_n_train_st
 @pytest.fixture(scope="session")
 def cli_smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, dict]:
     """`python -m rmlab.train <CLI_SMOKE> <CLI_SMOKE_LOGGING>`: its run dir, the finished process, its summary."""
-    import json
-
     run_dir = tmp_path_factory.mktemp("cli_smoke") / "run"
     result = run_cli("rmlab.train", [*CLI_SMOKE, *CLI_SMOKE_LOGGING, f"hydra.run.dir={run_dir}"], run_dir.parent)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -191,17 +190,38 @@ def pytest_collection_modifyitems(config, items):
     _group_for_workers(items)
 
 
-class _SlowGroupsFirst:
+class _LongestGroupsFirst:
     """A second modifyitems hook, the last to run: after pytest's own reordering (by parametrized fixtures, kept
     here within each group) and before pytest-xdist sends the collection to its scheduler."""
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items):
-        _slow_groups_first(items)
+        _longest_groups_first(items, json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {})
+
+
+class _DurationsWriter:
+    """--write-durations: each module's seconds (set-up, call and tear-down of its tests, summed) into DURATIONS."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report):  # in the controller: the workers' reports come here too
+        module = report.nodeid.split("::")[0]
+        self.seconds[module] = self.seconds.get(module, 0.0) + report.duration
+
+    def pytest_sessionfinish(self, session):
+        DURATIONS.write_text(json.dumps({m: round(s, 1) for m, s in sorted(self.seconds.items())}, indent=1) + "\n")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--write-durations", action="store_true",
+                     help="write each test module's seconds into tests/durations.json (the order groups start in)")
 
 
 def pytest_configure(config):
-    config.pluginmanager.register(_SlowGroupsFirst(), "rmlab-slow-groups-first")
+    config.pluginmanager.register(_LongestGroupsFirst(), "rmlab-longest-groups-first")
+    if config.getoption("write_durations") and not hasattr(config, "workerinput"):  # the controller, or no -n
+        config.pluginmanager.register(_DurationsWriter(), "rmlab-durations-writer")
 
 
 # -- parallel workers (pytest-xdist: `-n auto --dist loadgroup`, as the README's test command runs) -----------
@@ -216,7 +236,7 @@ EXPORT_CACHE_READERS = ("test_export.py", "test_interop.py", "test_lora.py", "te
 def _group_for_workers(items: list) -> None:
     """One xdist group per test module (its module fixtures are built once), modules that read the same shared
     run (SHARED_RUNS, EXPORT_CACHE_READERS) in one group (the run happens once). Groups go whole to a worker, in
-    the order they come (_slow_groups_first). Without -n, only that order of whole modules changes."""
+    the order they come (_longest_groups_first). Without -n, only that order of whole modules changes."""
     group = {}  # module path -> the module path that names its group
     first_reader = {}  # shared run -> the first module reading it
 
@@ -237,14 +257,21 @@ def _group_for_workers(items: list) -> None:
         item.add_marker(pytest.mark.xdist_group(root(item.nodeid.split("::")[0])))
 
 
-def _slow_groups_first(items: list) -> None:
-    """Reorder whole xdist groups, the groups with the most `slow` tests first, each keeping its tests' order."""
+# Seconds each test module took in a full run (`make durations` rewrites it; a stale or missing entry only
+# costs balance): whole groups are handed to the workers longest first, so no long group starts last.
+DURATIONS = TESTS / "durations.json"
+
+
+def _longest_groups_first(items: list, seconds: dict[str, float]) -> None:
+    """Reorder whole xdist groups, the longest first by `seconds` per module (a module without an entry counts
+    as 5 s), each group keeping its tests' order."""
     names = [item.get_closest_marker("xdist_group").args[0] for item in items]
-    slow = {name: 0 for name in names}
-    for name, item in zip(names, items):
-        slow[name] += item.get_closest_marker("slow") is not None
+    group_of = {item.nodeid.split("::")[0]: name for item, name in zip(items, names)}  # module -> its group
+    cost = {name: 0.0 for name in names}
+    for module, name in group_of.items():
+        cost[name] += seconds.get(module, 5.0)
     first = {name: i for i, name in reversed(list(enumerate(names)))}
-    order = sorted(range(len(items)), key=lambda i: (-slow[names[i]], first[names[i]], i))
+    order = sorted(range(len(items)), key=lambda i: (-cost[names[i]], first[names[i]], i))
     items[:] = [items[i] for i in order]
 
 

@@ -54,6 +54,7 @@ def sets_file(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # its set-up trains the set run (~30 s)
 def test_training_on_response_sets_reports_sets(set_run):
     run_dir, summary, _ = set_run
     assert (summary["data/train/sets"], summary["data/train/responses"]) == (24, 96)  # k = 4
@@ -108,6 +109,7 @@ def test_evaluate_a_set_file(set_run, sets_file, tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_audit_of_an_ensemble_and_a_gold_equal_proxy(set_run, sets_file, tmp_path):
     run_dir, _, set_ckpt = set_run
     # The second member: the checkpoint the run's first half (2 DDP processes) kept, 3 steps before the end.
