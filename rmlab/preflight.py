@@ -1,8 +1,8 @@
 """Checks before a training run spends time building anything: every required value is set, every
 config key binds to its constructor, the data files exist, a hub backbone can be had, the devices
 exist, no checkpoint is saved weights-only, the pooling suits the backbone, the run can write its
-outputs and the disk holds its checkpoints; and before an export loads its checkpoint's weights, that the pooling can be exported.
-Each failure is a ConfigError or DataError that says what to do."""
+outputs and the disk holds its checkpoints; and before an export loads its checkpoint's weights,
+that the pooling can be exported. Each failure is a ConfigError or DataError that says what to do."""
 
 from __future__ import annotations
 
