@@ -200,7 +200,8 @@ class _LongestGroupsFirst:
 
 
 class _DurationsWriter:
-    """--write-durations: each module's seconds (set-up, call and tear-down of its tests, summed) into DURATIONS."""
+    """--write-durations: each module's seconds (set-up, call and tear-down of its tests, summed) into DURATIONS;
+    the modules this run did not reach keep their entries."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -209,8 +210,10 @@ class _DurationsWriter:
         module = report.nodeid.split("::")[0]
         self.seconds[module] = self.seconds.get(module, 0.0) + report.duration
 
-    def pytest_sessionfinish(self, session):
-        DURATIONS.write_text(json.dumps({m: round(s, 1) for m, s in sorted(self.seconds.items())}, indent=1) + "\n")
+    def pytest_sessionfinish(self, session):  # merged: a run of some modules updates only theirs
+        seconds = {**(json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}),
+                   **{m: round(s, 1) for m, s in self.seconds.items()}}
+        DURATIONS.write_text(json.dumps(dict(sorted(seconds.items())), indent=1) + "\n")
 
 
 def pytest_addoption(parser):
