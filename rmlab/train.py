@@ -13,9 +13,21 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from rmlab import strict_json
 from rmlab.config import CONFIG_DIR
+from rmlab.console import FILE_ONLY, end_summary, quiet_libraries, route_library_logs
 from rmlab.errors import ConfigError
-from rmlab.launch import check_launch, check_required, check_shared_run_dir, short_user_errors
+from rmlab.hardware import best_precision
+from rmlab.launch import (
+    check_launch,
+    check_required,
+    check_shared_run_dir,
+    name_sweep_run,
+    resume_checkpoint,
+    resumed_logger_settings,
+    short_user_errors,
+    start_logger,
+)
 
 # Lightning, torch, transformers and the modules that import them are imported by train(), not here: `--help`,
 # a bad override and the launch checks answer in about a second instead of the five that importing them takes.
@@ -34,11 +46,7 @@ def train(cfg: DictConfig) -> dict:
     import torch
     from lightning.pytorch.loggers import WandbLogger
 
-    from rmlab import strict_json
     from rmlab.checkpoint import RunRecord
-    from rmlab.console import FILE_ONLY, end_summary, route_library_logs
-    from rmlab.hardware import best_precision
-    from rmlab.launch import name_sweep_run, resume_checkpoint, resumed_logger_settings, start_logger
     from rmlab.throughput import KEYS as THROUGHPUT_KEYS
 
     route_library_logs()  # Lightning and transformers were imported after Hydra set up the job's logging
@@ -133,8 +141,6 @@ def main(cfg: DictConfig) -> float:
     check_launch(cfg)
     check_shared_run_dir()
     check_optimized_metric(cfg)
-    from rmlab.console import quiet_libraries
-
     # Warnings into train.log, no progress bars from datasets/transformers; W&B imported only if the run logs to it.
     quiet_libraries(uses_wandb="Wandb" in str(OmegaConf.select(cfg, "logger._target_")))
     summary = train(cfg)
