@@ -15,12 +15,17 @@ import subprocess
 import sys
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+if TYPE_CHECKING:
+    import torch
+
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # parallel workers share the cores: one torch thread set each
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
-import torch  # noqa: E402  (after the thread count is set)
+# torch and Lightning are imported where tests run (the workers, or a run without -n), not here: pytest-xdist's
+# controller loads this file too, and its ~6 s of imports would delay the start of every worker.
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -58,6 +63,8 @@ def backbone_cfg(request, tmp_path_factory) -> dict:
 
 
 def make_reward_model(backbone: dict, pooling: torch.nn.Module):
+    import torch
+
     from rmlab.model.loss import BradleyTerryLoss
     from rmlab.model.module import RewardModel
 
@@ -182,6 +189,10 @@ def short_training(tmp_path_factory) -> tuple[Path, dict]:
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's hook, which reads the xdist_group markers set here
 def pytest_collection_modifyitems(config, items):
+    """Runs where tests run, before the first one (pytest-xdist's controller collects nothing)."""
+    import torch
+
+    _watch_trainers_and_command_lines()
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA device (marker gpu)")
         for item in items:
@@ -298,10 +309,14 @@ def _check_e2e(what: str) -> None:
 
 
 def _watch_trainers_and_command_lines() -> None:
-    """Wrap Trainer.fit/validate/test/predict and Popen: both report to _check_e2e, then do what they always do."""
+    """Wrap Trainer.fit/validate/test/predict and Popen: both report to _check_e2e, then do what they always do.
+    Once per process (pytest_collection_modifyitems calls it)."""
     import functools
 
     import lightning.pytorch as pl
+
+    if getattr(subprocess.Popen.__init__, "_rmlab_watched", False):
+        return
 
     def watched(method, what: str):
         @functools.wraps(method)
@@ -322,7 +337,5 @@ def _watch_trainers_and_command_lines() -> None:
             _check_e2e(f"runs the command line ({' '.join(words[:3])} ...)")
         popen_init(self, args, *rest, **kwargs)
 
+    watched_popen_init._rmlab_watched = True
     subprocess.Popen.__init__ = watched_popen_init
-
-
-_watch_trainers_and_command_lines()
