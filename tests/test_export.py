@@ -22,7 +22,7 @@ from rmlab.export import PAD_TOKEN, REMOTE_MODEL_TYPE, export, rmlab_tokenizer, 
 from rmlab.train import train
 from rmlab.trained import tokenizing_function
 
-from conftest import compose_train, run_cli
+from conftest import compose_train
 
 ATOL = 1e-4  # fp32; measured up to ~1e-5 (SmolLM2, left padding) and ~5e-7 (MiniLM)
 MODELS = {  # both packaged backbones are installed in CI; a few steps of real training each
@@ -232,7 +232,7 @@ def test_encoder_pooler_exports_as_bert_for_sequence_classification(minilm):
 
 
 @pytest.mark.e2e
-def test_mean_pooling_is_refused_without_remote_code_and_the_remote_folder_without_trust(lora_ckpt, tmp_path):
+def test_mean_pooling_is_refused_without_remote_code_and_the_remote_folder_without_trust(lora_ckpt, tmp_path, caplog):
     with pytest.raises(ValueError) as refused:
         export(export_config([f"ckpt={lora_ckpt}", f"out={tmp_path / 'plain'}"]))
     assert str(refused.value).startswith("pooling=mean on BertConfig: transformers has no sequence-classification head "
@@ -240,10 +240,11 @@ def test_mean_pooling_is_refused_without_remote_code_and_the_remote_folder_witho
                                          "Set remote_code=true")
     assert not (tmp_path / "plain").exists()
 
+    # In this process: the command line of rmlab.export with remote_code=true runs in test_gpu_check (its minilm step).
     out = tmp_path / "remote"
-    result = run_cli("rmlab.export", [f"ckpt={lora_ckpt}", f"out={out}", "remote_code=true", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"-> {out} (remote code modeling_rmlab_reward.py, pooling=mean; max |reward - rmlab| = " in result.stdout
+    with caplog.at_level("INFO", logger="rmlab.export"):
+        export(export_config([f"ckpt={lora_ckpt}", f"out={out}", "remote_code=true"]))
+    assert f"-> {out} (remote code modeling_rmlab_reward.py, pooling=mean; max |reward - rmlab| = " in caplog.text
     modeling = (out / "modeling_rmlab_reward.py").read_text()
     assert not re.search(r"^\s*(from|import)\s+rmlab", modeling, re.MULTILINE)  # self-contained
     config = json.loads((out / "config.json").read_text())
