@@ -125,8 +125,12 @@ def test_ddp_evaluation_gives_the_single_process_report(checkpoint, evaluated, t
     for key in ("acc", "loss", "margin", "ece"):
         assert ddp["overall"][key] == pytest.approx(single["overall"][key], abs=1e-5), key
     assert ddp["length"]["length_spearman"] == pytest.approx(single["length"]["length_spearman"], abs=1e-5)
+    # Each process scores its probe rewrites in batches of similar lengths, so the two runs batch them differently:
+    # the same rewards reach the same rewrites (a probe's shift is the mean reward change its rewrites cause).
     assert {k: (v["n"], round(v["acc"], 5)) for k, v in ddp["probes"].items()} == \
         {k: (v["n"], round(v["acc"], 5)) for k, v in single["probes"].items()}
+    for name, probe in single["probes"].items():
+        assert ddp["probes"][name]["shift"] == pytest.approx(probe["shift"], abs=1e-4), name
 
 
 def test_a_checkpoint_that_would_build_foreign_code_is_refused_unless_trusted(tmp_path):

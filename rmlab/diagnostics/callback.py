@@ -72,10 +72,11 @@ class BiasDiagnostics(L.Callback):
 
     # -- computing -----------------------------------------------------------------------------
     def _score(self, trainer: L.Trainer, pl_module: L.LightningModule, items: list[dict]) -> torch.Tensor:
-        """Rewards of the probe responses; each rank scores every world_size-th item."""
+        """Rewards of the probe responses; each rank scores every world_size-th item, in batches of similar
+        lengths (the rewrites range from a few tokens to data.max_length: less padding)."""
         datamodule = trainer.datamodule
         rank, world = trainer.global_rank, trainer.world_size
-        mine = list(range(rank, len(items), world))
+        mine = sorted(range(rank, len(items), world), key=lambda j: len(items[j]["input_ids"]))
         collator = PairCollator(datamodule.tokenizer.pad_token_id, datamodule.tokenizer.padding_side)
         rewards = []
         with torch.no_grad(), trainer.precision_plugin.forward_context():
