@@ -70,8 +70,9 @@ def evaluate(cfg: DictConfig) -> dict:
     try:
         if logger:
             logger.log_hyperparams({"ckpt": str(cfg.ckpt), "split": split, "precision": precision, "data": data_cfg, "model": run_cfg.model})
-        (trainer.test if split == "test" else trainer.validate)(model, datamodule=datamodule)
-        return diagnostics.last_report  # its summary table and path are logged by the callback
+        # verbose=False: no table of every logged key (~110 rows); the callback logs the report's summary lines
+        (trainer.test if split == "test" else trainer.validate)(model, datamodule=datamodule, verbose=False)
+        return diagnostics.last_report
     finally:
         if isinstance(logger, WandbLogger):
             import wandb  # here: a run without W&B does not pay for importing it

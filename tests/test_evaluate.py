@@ -58,6 +58,7 @@ def test_evaluate_cli_on_the_runs_own_test_split(checkpoint, evaluated):
     assert set(report["probes"]) == set(PROBES)
     assert report["subset_column"] == "task" and sum(s["n"] for s in report["subsets"].values()) == N_TEST
     assert f"pairs {N_TEST}   acc " in result.stdout and f"bias report: {out / 'report.md'}" in result.stdout
+    assert "Test metric" not in result.stdout + result.stderr  # the compact summary, not Lightning's table of every key
     assert (out / "report.md").read_text().startswith(f"# Bias report: {ckpt} on test data (precision 32-true)\n")
     assert "evaluating in precision 32-true\n" in result.stdout  # fp32 by default: an exported model's rewards
 
