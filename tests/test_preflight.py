@@ -237,8 +237,8 @@ def test_cli_config_error_is_one_line_and_leaves_no_run_dir_or_its_traceback_in_
     assert result.returncode == 1
     assert result.stderr.splitlines()[-3] == f"(the traceback is in {run_dir}/train.log)"
     log = (run_dir / "train.log").read_text()
-    message = "ConfigError: optimized_metric='bogus': name a key of summary.json"
-    assert f"[ERROR] - {message}" in log and "\nTraceback (most recent call last):" in log
+    kept_error = "ConfigError: optimized_metric='bogus': name a key of summary.json"
+    assert f"[ERROR] - {kept_error}" in log and "\nTraceback (most recent call last):" in log
     assert "in check_optimized_metric" in log and (run_dir / "config.yaml").read_text() == "seed: 0\n"
 
 
